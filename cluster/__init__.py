@@ -1,0 +1,1 @@
+"""Cluster job submission (Slurm, Ray, local)."""

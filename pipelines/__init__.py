@@ -1,0 +1,1 @@
+"""Offline data pipelines: WebDataset shard building, decoding and streaming on Ray."""
