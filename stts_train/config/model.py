@@ -22,11 +22,10 @@ class VitConfig:
     num_layers: int = 25
     """Blocks instantiated; must be > the deepest layer in `feature_layers`."""
     layer_norm_eps: float = 1e-6
-    feature_layers: tuple[int, ...] = (-3, -9)
-    """Layers whose outputs feed the connector, counted like HF (negative = from the full depth
-    `full_depth`); Molmo2 reads 0-based blocks 24 and 18 of 27."""
-    full_depth: int = 27
-    """Depth of the pretrained tower, used to resolve negative `feature_layers`."""
+    feature_layers: tuple[int, ...] = (24, 18)
+    """Blocks whose outputs are concatenated (in this order) for the connector, as Hugging Face's
+    `adapter_config.vision_feature_layer`: 0-based, negative counts from the last instantiated
+    block. Molmo2 reads blocks 24 and 18 (layers -3 and -9 of the 27-layer SigLIP)."""
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -54,7 +53,7 @@ class VitConfig:
 
     @property
     def resolved_feature_layers(self) -> tuple[int, ...]:
-        return tuple(layer if layer >= 0 else self.full_depth + layer for layer in self.feature_layers)
+        return tuple(layer if layer >= 0 else self.num_layers + layer for layer in self.feature_layers)
 
 
 @dataclass(kw_only=True)
@@ -63,6 +62,7 @@ class ConnectorConfig:
 
     pool_size: int = 3
     intermediate_size: int = 9728
+    """Projector (SwiGLU) width."""
     pooling_num_heads: int = 16
     pooling_head_dim: int = 72
     """Attention-pooling heads over the concatenated features (HF: vision hidden size heads)."""
@@ -82,8 +82,11 @@ class LlmConfig:
     head_dim: int = 128
     rope_theta: float = 5_000_000.0
     rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = False
     qk_norm: bool = True
+    image_attention: Literal["causal", "bidirectional"] = "causal"
+    """Image tokens of a sample attend causally (varlen kernels apply) or to each other in both
+    directions, as Molmo2 checkpoints were trained (needs a masked kernel: slower on GPU)."""
 
     def __post_init__(self) -> None:
         check(self.num_heads % self.num_kv_heads == 0,
@@ -129,13 +132,13 @@ class SttsConfig:
 class SpecialTokens:
     """Ids of Molmo2's special tokens (set from the tokenizer by `models.tokenizer`)."""
 
+    image_start_id: int = 151936
+    image_end_id: int = 151937
     image_patch_id: int = 151938
+    image_col_id: int = 151939
+    low_res_image_start_id: int = 151940
     frame_start_id: int = 151943
     frame_end_id: int = 151944
-    image_start_id: int = 151940
-    image_end_id: int = 151941
-    low_res_image_start_id: int = 151942
-    image_col_id: int = 151939
     pad_id: int = 151643
     eos_id: int = 151645
 
@@ -158,9 +161,15 @@ class ModelConfig:
         check(self.vit.grid_size % self.connector.pool_size == 0,
               f"model.vit grid {self.vit.grid_size}x{self.vit.grid_size} (image_size/patch_size) is not divisible "
               f"by model.connector.pool_size={self.connector.pool_size}; pick image_size so the grid is a multiple")
-        check(self.stts.prune_at + 1 < self.vit.num_layers or self.stts.keep_ratio == 1.0,
+        check(self.stts.pruner in ("stts", "none"),
+              f"model.stts.pruner={self.stts.pruner!r} must be 'stts' or 'none' (training-free pruners are "
+              f"chosen with `stts-train eval --pruner`)")
+        check(self.stts.pruner == "none" or self.stts.prune_at + 1 < self.vit.num_layers,
               f"model.stts.prune_at={self.stts.prune_at} needs block prune_at+1 < model.vit.num_layers="
-              f"{self.vit.num_layers}")
+              f"{self.vit.num_layers}; lower prune_at or use more layers")
+        for name, tid in vars(self.tokens).items():
+            check(0 <= tid < self.llm.total_vocab_size,
+                  f"model.tokens.{name}={tid} is outside the vocabulary (size {self.llm.total_vocab_size})")
 
     @property
     def groups_per_frame(self) -> int:
