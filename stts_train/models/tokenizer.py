@@ -1,0 +1,137 @@
+"""The Qwen tokenizer, rebuilt offline from the byte-level BPE ranks shipped in the `dashscope`
+wheel (`dashscope/resources/qwen.tiktoken`), plus Qwen's chat tokens and Molmo2's extra tokens.
+
+tiktoken files hold only (token bytes, rank). A Hugging Face BPE also needs the merges; each
+token's merge is recovered by running BPE on its own bytes with the ranks below its own, which
+leaves exactly two parts. The built `tokenizer.json` is cached (default ~/.cache/stts-train).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+from stts_train.errors import STTSError
+
+# Qwen2/2.5/3 split pattern (pre-tokenisation), applied before byte-level BPE.
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_SPECIAL = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+]
+QWEN_SPECIAL_START = 151643
+BASE_VOCAB = 151936
+# Molmo2's additional vocabulary starts right after the base vocabulary (ids match the
+# transformers Molmo2Config defaults: im_start 151936, im_end 151937, im_patch 151938, ...).
+MOLMO2_EXTRA = [
+    "<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>",
+    "<im_low>", "<frame_start>", "<frame_end>", "<|video|>",
+]
+
+
+def _ranks_file() -> Path:
+    spec = importlib.util.find_spec("dashscope")
+    if spec is None or spec.origin is None:
+        raise STTSError("the Qwen tokenizer needs the `dashscope` wheel: pip install --no-deps dashscope==2.0.2")
+    path = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise STTSError(f"{path} is missing; reinstall dashscope (pip install --no-deps --force-reinstall dashscope)")
+    return path
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def _recover_merge(token: bytes, ranks: dict[bytes, int], own_rank: int) -> tuple[bytes, bytes]:
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        best, best_rank = -1, own_rank
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best_rank:
+                best, best_rank = i, r
+        if best < 0:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    if len(parts) != 2:
+        raise STTSError(f"cannot recover the BPE merge of token rank {own_rank}")
+    return parts[0], parts[1]
+
+
+def build_tokenizer_json(out: Path) -> Path:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    ranks: dict[bytes, int] = {}
+    for line in _ranks_file().read_text().splitlines():
+        if line.strip():
+            token_b64, rank = line.split()
+            ranks[base64.b64decode(token_b64)] = int(rank)
+    to_unicode = _byte_to_unicode()
+
+    def encode(b: bytes) -> str:
+        return "".join(to_unicode[x] for x in b)
+
+    vocab = {encode(tok): rank for tok, rank in ranks.items()}
+    merges = []
+    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) > 1:
+            left, right = _recover_merge(tok, ranks, rank)
+            merges.append((encode(left), encode(right)))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    from tokenizers import AddedToken
+
+    specials = [AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL]
+    tokenizer.add_special_tokens(specials)
+    # Fill the ids between the last Qwen special token and Molmo2's extra block so ids line up.
+    filler = BASE_VOCAB - (QWEN_SPECIAL_START + len(QWEN_SPECIAL))
+    tokenizer.add_special_tokens([AddedToken(f"<|unused_{i}|>", special=True, normalized=False) for i in range(filler)])
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in MOLMO2_EXTRA])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tokenizer.save(str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STTS_CACHE", Path.home() / ".cache" / "stts-train"))
+
+
+@functools.cache
+def qwen_tokenizer():
+    """The Qwen tokenizer with Molmo2's special tokens (built once, then read from the cache)."""
+    from tokenizers import Tokenizer
+
+    path = cache_dir() / "qwen_molmo2_tokenizer.json"
+    if not path.is_file():
+        build_tokenizer_json(path)
+    tokenizer = Tokenizer.from_file(str(path))
+    for name, expected in (("<|im_start|>", 151644), ("<im_patch>", 151938), ("<frame_start>", 151943)):
+        if tokenizer.token_to_id(name) != expected:
+            raise STTSError(f"tokenizer cache {path} is stale ({name} != {expected}); delete it to rebuild")
+    return tokenizer
