@@ -39,6 +39,7 @@ class VLMOutput:
     keep_group_FG: torch.Tensor | None = None
     scores_FG: torch.Tensor | None = None
     kept_input_ids: torch.Tensor | None = None
+    kept_cu_seqlens: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -132,7 +133,41 @@ class Molmo2VLM(nn.Module):
             zero_term = 0.0 * image_features_XE.sum() + 0.0 * vis.aux_loss
             image_features_XE = image_features_XE[:0]
 
-        ids_S, labels_S, positions_S, cu_seqlens, lengths, patch_S = self._compact(batch, vis.keep_group_FG, dummy)
+        aux_loss = vis.aux_loss if not dummy else vis.aux_loss.detach() * 0
+        out = self.forward_llm(
+            batch,
+            None if dummy else vis.keep_group_FG,
+            image_features_XE,
+            return_logits=return_logits,
+            extra_loss=cfg.stts.aux_loss_weight * aux_scale * aux_loss + zero_term,
+        )
+        kept_patches = int(vis.keep_patch_FN.sum()) if not dummy else 0
+        out.aux_loss = aux_loss
+        out.scores_FG = None if dummy else vis.scores_FG
+        out.stats.update({
+            "vit_frames": float(num_real_frames),
+            "vit_patches_in": float(num_real_frames * cfg.vit.num_patches),
+            "vit_patches_kept": float(kept_patches),
+            "vit_block_tokens": float(sum(vis.block_tokens)) if not dummy else 0.0,
+        })
+        return out
+
+    def forward_llm(
+        self,
+        batch: MicroBatch,
+        keep_group_FG: torch.Tensor | None,
+        image_features_XE: torch.Tensor,
+        *,
+        return_logits: bool = False,
+        extra_loss: torch.Tensor | float = 0.0,
+    ) -> VLMOutput:
+        """LLM half: drop pruned placeholders, add the image features, run the decoder, CE loss.
+
+        `keep_group_FG` (None for text-only) says which placeholders stay, frame-major and in
+        placeholder order; `image_features_XE` holds one feature per kept placeholder, in order.
+        """
+        cfg = self.cfg
+        ids_S, labels_S, positions_S, cu_seqlens, lengths, patch_S = self._compact(batch, keep_group_FG)
         embeds_SE = self.llm.embed_tokens(ids_S)
         if image_features_XE.shape[0] != int(patch_S.sum()):
             raise LayoutError(
@@ -150,19 +185,10 @@ class Molmo2VLM(nn.Module):
         logits_XV = self.llm.logits(hidden_SE[loss_mask_S])
         ce_sum = self.factory.cross_entropy(logits_XV, labels_S[loss_mask_S]).sum()
         denominator = batch.num_loss_tokens if batch.num_loss_tokens is not None else max(num_loss_tokens, 1)
-        aux_loss = vis.aux_loss if not dummy else vis.aux_loss.detach() * 0
-        loss = ce_sum / denominator + cfg.stts.aux_loss_weight * aux_scale * aux_loss + zero_term
-
-        logits = None
-        if return_logits:
-            logits = self.factory.gather_vocab(self.llm.logits(hidden_SE))
-        kept_patches = int(vis.keep_patch_FN[:num_real_frames].sum()) if not dummy else 0
+        loss = ce_sum / denominator + extra_loss
+        logits = self.factory.gather_vocab(self.llm.logits(hidden_SE)) if return_logits else None
         stats = {
-            "vit_frames": float(num_real_frames),
-            "vit_patches_in": float(num_real_frames * cfg.vit.num_patches),
-            "vit_patches_kept": float(kept_patches),
-            "vit_block_tokens": float(sum(vis.block_tokens)) if not dummy else 0.0,
-            "image_tokens_in": float(0 if dummy else vis.keep_group_FG.numel()),
+            "image_tokens_in": float(0 if keep_group_FG is None else keep_group_FG.numel()),
             "image_tokens_kept": float(image_features_XE.shape[0]),
             "llm_tokens": float(ids_S.numel()),
             "loss_tokens": float(num_loss_tokens),
@@ -171,11 +197,11 @@ class Molmo2VLM(nn.Module):
             loss=loss,
             ce_sum=ce_sum,
             num_loss_tokens=num_loss_tokens,
-            aux_loss=aux_loss,
+            aux_loss=loss.new_zeros(()),
             logits=logits,
-            keep_group_FG=None if dummy else vis.keep_group_FG,
-            scores_FG=None if dummy else vis.scores_FG,
+            keep_group_FG=keep_group_FG,
             kept_input_ids=ids_S,
+            kept_cu_seqlens=cu_seqlens,
             stats=stats,
         )
 
@@ -189,13 +215,13 @@ class Molmo2VLM(nn.Module):
         flat_FGP = frame_offset + group_index_GP[None]
         return kept_rank_S[flat_FGP[keep_group_FG]]
 
-    def _compact(self, batch: MicroBatch, keep_group_FG: torch.Tensor, dummy: bool):
+    def _compact(self, batch: MicroBatch, keep_group_FG: torch.Tensor | None):
         """Drop pruned placeholders (option B) and renumber positions per sample."""
         cfg = self.cfg
         ids_S = batch.input_ids_S
         patch_S = ids_S == cfg.tokens.image_patch_id
         num_placeholders = int(patch_S.sum())
-        expected = 0 if dummy else keep_group_FG.numel()
+        expected = 0 if keep_group_FG is None else keep_group_FG.numel()
         if num_placeholders != expected:
             raise LayoutError(
                 f"misalignment: input_ids hold {num_placeholders} image placeholders but the visual items "
