@@ -1,14 +1,66 @@
-"""`stts-train eval` (not implemented yet)."""
+"""`stts-train eval CONFIG --checkpoint DIR`: video QA accuracy, evidence recall, efficiency."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="(not implemented yet)")
+    p = sub.add_parser(
+        "eval",
+        help="video QA accuracy, token-evidence recall and efficiency of a checkpoint",
+        description=(
+            "Evaluate a trained checkpoint (a run dir, a checkpoint step dir or a Hugging Face Molmo2 "
+            "dir) on a built dataset. --pruner picks the token pruner: stts (the model's learned "
+            "scorer), none, or a training-free method (visionzip, fastvid, holitom, stop_*, random, "
+            "stts_heuristic, stts_easy)."
+        ),
+    )
+    p.add_argument("config", help="experiment YAML (model shape, data settings)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir or HF Molmo2 dir")
+    p.add_argument("--data", default=None, help="dataset to evaluate (default: data.eval_path, else data.path)")
+    p.add_argument("--pruner", default="stts", help="stts (default), none, or a training-free pruner")
+    p.add_argument("--keep", type=float, default=None, help="keep ratio (default: model.stts.keep_ratio)")
+    p.add_argument("--frames", type=int, default=None, help="frames sampled per video (test-time scaling)")
+    p.add_argument("--attention-layer", type=int, default=-1, help="ViT block whose attention ranks tokens")
+    p.add_argument("--max-questions", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the summary JSON here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("stts-train eval: not implemented yet")
+    from tqdm import tqdm
+
+    from stts_train.config import load_config
+    from stts_train.data.loader import eval_stream
+    from stts_train.errors import ConfigError
+    from stts_train.evaluate import Evaluator, load_trained_model
+    from stts_train.models.tokenizer import qwen_tokenizer
+
+    job = load_config(args.config, args.overrides)
+    keep = job.model.stts.keep_ratio if args.keep is None else args.keep
+    if not 0.0 < keep <= 1.0:
+        raise ConfigError(f"--keep {keep} must be in (0, 1]; use 1.0 (or --pruner none) for no pruning")
+    model = load_trained_model(args.checkpoint, job.model)
+    data_path = args.data or job.data.eval_path or job.data.path
+    evaluator = Evaluator(model, qwen_tokenizer(), pruner=args.pruner, keep_ratio=keep,
+                          attention_layer=args.attention_layer)
+    stream = eval_stream(job, data_path, args.frames)
+    try:
+        for i, sample in enumerate(tqdm(stream, desc=f"eval {args.pruner}@{keep}", unit="q")):
+            if args.max_questions is not None and i >= args.max_questions:
+                break
+            evaluator.add(sample, qtype=str((sample.evidence or {}).get("qtype", "all")))
+    finally:
+        stream.close()
+    summary = {"pruner": args.pruner, "keep_ratio": keep, "frames": args.frames or job.data.max_frames,
+               "data": data_path, **evaluator.result.summary()}
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0 if summary["questions"] else (print("no questions evaluated", file=sys.stderr) or 1)

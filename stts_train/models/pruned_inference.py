@@ -98,6 +98,7 @@ def forward_with_pruner(
 
     side = cfg.vit.grid_size // cfg.connector.pool_size
     kept_features, kept_per_frame = [], []
+    kept_mask_FG = torch.zeros(num_frames, num_groups, dtype=torch.bool, device=pixels.device)
     start = 0
     for n, m in zip(frames, modality):
         feats = features_FGE[start : start + n]
@@ -113,11 +114,15 @@ def forward_with_pruner(
             order = torch.argsort(out.frame_M * num_groups + out.position_M, stable=True)
             kept_features.append(out.features_MD[order])
             kept_per_frame += torch.bincount(out.frame_M, minlength=n).tolist()
+            kept_mask_FG[start + out.frame_M, out.position_M] = True
         elif m in (MODALITY_VIDEO, MODALITY_IMAGE):
             kept_features.append(feats.reshape(n * num_groups, -1))
             kept_per_frame += [num_groups] * n
+            kept_mask_FG[start : start + n] = True
         else:
             raise LayoutError(f"visual item modality {m} is not 1 (image) or 2 (video)")
         start += n
     keep_group_FG = torch.arange(num_groups, device=pixels.device)[None, :] < torch.tensor(kept_per_frame, device=pixels.device)[:, None]
-    return model.forward_llm(batch, keep_group_FG, torch.cat(kept_features), return_logits=return_logits)
+    out = model.forward_llm(batch, keep_group_FG, torch.cat(kept_features), return_logits=return_logits)
+    out.kept_mask_FG = kept_mask_FG
+    return out

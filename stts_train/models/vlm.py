@@ -37,6 +37,10 @@ class VLMOutput:
     logits: torch.Tensor | None = None
     """(S', V) full logits over the kept sequence (only with return_logits=True)."""
     keep_group_FG: torch.Tensor | None = None
+    """Which placeholders stayed, per frame (STTS: exactly the kept groups)."""
+    kept_mask_FG: torch.Tensor | None = None
+    """Grid positions the kept tokens stand for, when they differ from `keep_group_FG`
+    (training-free pruners that merge tokens)."""
     scores_FG: torch.Tensor | None = None
     kept_input_ids: torch.Tensor | None = None
     kept_cu_seqlens: torch.Tensor | None = None

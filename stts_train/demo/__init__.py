@@ -1,0 +1,1 @@
+"""The end-to-end demo: benchmark generation, orchestration and the report."""
