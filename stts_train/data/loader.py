@@ -36,6 +36,12 @@ def decode_spec(job: JobConfig):
 
 
 class PipelineSource:
+    """The trainer's `DataSource` over a built dataset (see the module docstring)."""
+
+    can_reshard = False
+    """Resuming at another data-parallel size is refused: each rank's state pins a planned window
+    of its own share. (The stream itself can reshard: `pipelines.stream.combine_states`.)"""
+
     def __init__(self, job: JobConfig, dp_rank: int, dp_size: int, tokenizer=None) -> None:
         from stts_train.models.tokenizer import qwen_tokenizer
 
@@ -49,6 +55,10 @@ class PipelineSource:
         self.rows: list[list[TokenizedSample]] = []
         self.consumed = 0
         self.keys_seen: list[str] = []
+        from pipelines.stream import Dataset
+        from pipelines.storage import options_from_config
+
+        self.fingerprint = Dataset(job.data.path, options_from_config(job.data)).fingerprint
 
     # -- stream ---------------------------------------------------------------------------------
     def _open(self, state: dict | None) -> None:

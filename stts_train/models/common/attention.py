@@ -158,26 +158,21 @@ def _sdpa_loop(
             q_BHLD, k_BHLD, v_BHLD, attn_mask=mask, is_causal=causal and mask is None
         )
         return out_BHLD.transpose(1, 2).reshape(q_SHD.shape)
+    # torch.split (not per-sequence slicing): its backward is one cat, while every slice's
+    # backward would materialise and add a full-size zero gradient (O(B * S) per block).
     outputs = []
-    start = 0
-    for n in lengths:
+    bias_parts = key_bias_S.split(lengths) if key_bias_S is not None else [None] * len(lengths)
+    bidir_parts = bidirectional_S.split(lengths) if bidirectional_S is not None else [None] * len(lengths)
+    for q, k, v, bias, bidir in zip(q_SHD.split(lengths), k_SHD.split(lengths), v_SHD.split(lengths),
+                                    bias_parts, bidir_parts):
+        n = q.shape[0]
         if n == 0:
+            outputs.append(q)
             continue
-        sl = slice(start, start + n)
-        start += n
-        mask = _sequence_mask(
-            n,
-            causal,
-            None if key_bias_S is None else key_bias_S[sl],
-            None if bidirectional_S is None else bidirectional_S[sl],
-            q_SHD.dtype,
-            q_SHD.device,
-        )
-        q_1HLD = q_SHD[sl].transpose(0, 1).unsqueeze(0)
-        k_1HLD = k_SHD[sl].transpose(0, 1).unsqueeze(0)
-        v_1HLD = v_SHD[sl].transpose(0, 1).unsqueeze(0)
+        mask = _sequence_mask(n, causal, bias, bidir, q_SHD.dtype, q_SHD.device)
         out = F.scaled_dot_product_attention(
-            q_1HLD, k_1HLD, v_1HLD, attn_mask=mask, is_causal=causal and mask is None
+            q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+            attn_mask=mask, is_causal=causal and mask is None,
         )
         outputs.append(out[0].transpose(0, 1))
     if not outputs:

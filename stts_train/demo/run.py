@@ -1,0 +1,277 @@
+"""`stts-train demo`: the whole system on one machine, from real assets to an evaluated model.
+
+Stages (each prints a progress bar): generate MovingDigits-QA clips -> `data build` into the
+embedded store (a local folder, or a local S3 server with --s3) -> train STTS at keep 0.5 on 2
+ranks under DeepSpeed ZeRO-3 with Ray decoding -> SIGKILL it mid-way and resume (the replayed
+steps must reproduce the killed run's losses and samples) -> train the same model unpruned ->
+evaluate both, plus training-free pruners on the unpruned model -> measure speed against frame
+count -> write report.md with plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    num_clips: int
+    steps: int
+    checkpoint_every: int
+    eval_questions: int | None
+    speed_frames: tuple[int, ...]
+    training_free: tuple[str, ...]
+
+    @staticmethod
+    def make(quick: bool) -> "DemoPlan":
+        if quick:
+            return DemoPlan(num_clips=40, steps=12, checkpoint_every=4, eval_questions=16,
+                            speed_frames=(8, 32), training_free=("visionzip", "random"))
+        return DemoPlan(num_clips=240, steps=150, checkpoint_every=25, eval_questions=None,
+                        speed_frames=(8, 16, 32, 64), training_free=("visionzip", "fastvid", "holitom", "random"))
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stts_train.cli", *args]
+
+
+def train_command(config: Path, run_dir: Path, overrides: list[str]) -> list[str]:
+    return cli("train", str(config), f"train.run_dir={run_dir}", *overrides)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def latest_checkpoint_step(run_dir: Path) -> int:
+    latest = run_dir / "checkpoints" / "latest"
+    if not latest.is_file():
+        return -1
+    return int(latest.read_text().strip().rsplit("-", 1)[-1])
+
+
+def run_and_kill(cmd: list[str], run_dir: Path, kill_after_step: int, timeout_s: float) -> tuple[int, int]:
+    """Start training, SIGKILL every rank once a checkpoint exists and 2 more steps are logged.
+
+    Returns (checkpoint step it will resume from, last step the killed run logged)."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            ckpt = latest_checkpoint_step(run_dir)
+            logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]
+            if ckpt >= kill_after_step and logged and max(logged) >= ckpt + 2:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return ckpt, max(logged)
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    raise RuntimeError(f"training {run_dir} ended (rc={proc.returncode}) before the planned kill at step {kill_after_step}")
+
+
+def step_losses(rows: list[dict]) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def median_step_time(rows: list[dict], skip: int = 3) -> float | None:
+    times = [r["perf/step_s"] for r in rows if "perf/step_s" in r][skip:]
+    return statistics.median(times) if times else None
+
+
+def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = False) -> Path:
+    from stts_train.demo.benchmark import BenchmarkSpec, generate
+
+    started = time.monotonic()
+    plan = DemoPlan.make(quick)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = REPO_CONFIGS / "demo.yaml"
+    os.environ.setdefault("WANDB_MODE", "offline")
+
+    log(f"1/7 generating {plan.num_clips} MovingDigits-QA clips from real assets")
+    bench_info = generate(out / "benchmark", BenchmarkSpec(num_clips=plan.num_clips))
+
+    server = None
+    try:
+        if s3:
+            from stts_train.demo.s3_server import start_local_s3
+
+            server = start_local_s3("stts-demo")
+            store = "s3://stts-demo/store"
+            os.environ["STTS_S3_ENDPOINT"] = server.endpoint
+            store_overrides = [f"data.s3_endpoint_url={server.endpoint}"]
+            log(f"local S3 server at {server.endpoint} (moto, pid {server.process.pid})")
+        else:
+            store = str(out / "store")
+            store_overrides = []
+        log(f"2/7 building WebDataset shards into {store}")
+        for split in ("train", "eval"):
+            build = cli("data", "build", str(out / "benchmark" / split), f"{store}/{split}")
+            if s3:
+                build += ["--s3-endpoint-url", server.endpoint]
+            subprocess.run(build, check=True)
+
+        common = [f"data.path={store}/train", f"data.eval_path={store}/eval", f"train.num_steps={plan.steps}",
+                  f"checkpoint.every={plan.checkpoint_every}", *store_overrides]
+        stts_dir, base_dir = out / "runs" / "stts", out / "runs" / "unpruned"
+        kill_at = plan.steps // 2
+        log(f"3/7 training STTS (keep 0.5), will SIGKILL after the checkpoint at step >= {kill_at}")
+        cmd = train_command(config, stts_dir, common)
+        resumed_from, killed_after = run_and_kill(cmd, stts_dir, kill_at, timeout_s=1800)
+        before = step_losses(read_jsonl(stts_dir / "metrics.jsonl"))
+        keys_before = {r["step"]: r["keys"] for r in read_jsonl(stts_dir / "samples.jsonl")}
+        (stts_dir / "metrics.killed.jsonl").write_text((stts_dir / "metrics.jsonl").read_text())
+        log(f"killed after step {killed_after}; resuming from checkpoint step {resumed_from}")
+        subprocess.run(cmd, check=True)
+        rows = read_jsonl(stts_dir / "metrics.jsonl")
+        after = step_losses([r for r in rows if r.get("step", 0) > resumed_from])
+        keys_after = {}
+        for r in read_jsonl(stts_dir / "samples.jsonl"):
+            keys_after[r["step"]] = r["keys"]  # the resumed run's entries come last
+        replayed = [s for s in range(resumed_from + 1, killed_after + 1)]
+        replay_exact = all(before.get(s) == after.get(s) for s in replayed) and bool(replayed)
+        replay_keys = all(keys_before.get(s) == keys_after.get(s) for s in replayed)
+
+        log("4/7 training the same model unpruned")
+        subprocess.run(train_command(config, base_dir, common + ["model.stts.pruner=none"]), check=True)
+
+        log("5/7 evaluating")
+        evals = evaluate_all(config, store, stts_dir, base_dir, plan, store_overrides)
+        log("6/7 measuring speed against frame count")
+        speed = speed_sweep(config, plan.speed_frames)
+        log("7/7 writing the report")
+        return write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resumed_from, killed_after,
+                            replay_exact, replay_keys, store, started)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan: DemoPlan, overrides: list[str]):
+    from stts_train.config import load_config
+    from stts_train.data.loader import eval_stream
+    from stts_train.evaluate import Evaluator, load_trained_model
+    from stts_train.models.tokenizer import qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    settings = [("STTS", stts_dir, "stts", 0.5), ("unpruned", base_dir, "none", 1.0)]
+    settings += [("unpruned", base_dir, name, 0.5) for name in plan.training_free]
+    results, overlays = [], {}
+    models = {}
+    for label, run_dir, pruner, keep in settings:
+        job = load_config(config, [f"data.eval_path={store}/eval", *overrides] + (["model.stts.pruner=none"] if label == "unpruned" else []))
+        if run_dir not in models:
+            models[run_dir] = load_trained_model(str(run_dir), job.model)
+        ev = Evaluator(models[run_dir], tok, pruner=pruner, keep_ratio=keep)
+        stream = eval_stream(job, job.data.eval_path)
+        samples = []
+        try:
+            for i, sample in enumerate(stream):
+                if plan.eval_questions is not None and i >= plan.eval_questions:
+                    break
+                ev.add(sample, qtype=(sample.evidence or {}).get("qtype", "all"))
+                if label == "STTS" and len(samples) < 3 and (sample.evidence or {}).get("qtype") == "which":
+                    samples.append(sample)
+        finally:
+            stream.close()
+        summary = {"model": label, "pruner": pruner, "keep_ratio": keep, **ev.result.summary()}
+        results.append(summary)
+        log(f"  {label:9s} {pruner:10s} keep {keep}: accuracy {summary['accuracy']:.3f}, evidence recall "
+            f"{summary['evidence_recall'] if summary['evidence_recall'] is None else round(summary['evidence_recall'], 3)}")
+        if label == "STTS":
+            overlays = {s.key: (s, ev.result.kept_masks[s.key]) for s in samples}
+    return {"results": results, "overlay_samples": overlays}
+
+
+def speed_sweep(config: Path, frames: tuple[int, ...]) -> list[dict]:
+    """Prefill and train-step time of the demo model at keep 0.5 vs 1.0 (same weights)."""
+    import argparse
+
+    from stts_train.bench.step import run_bench
+
+    args = argparse.Namespace(config=str(config), frames=",".join(map(str, frames)), keep="1.0,0.5",
+                              mode="train,prefill", text_tokens=32, samples=2, repeats=3, warmup=1,
+                              device="cpu", dtype="fp32", pruner_overhead=False, set=[])
+    rows = run_bench(args)["results"]
+    base = {(r["frames"], r["mode"]): r["seconds_median"] for r in rows if r["keep_ratio"] == 1.0}
+    for r in rows:
+        r["base_seconds"] = base[(r["frames"], r["mode"])]
+    return rows
+
+
+def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resumed_from, killed_after,
+                 replay_exact, replay_keys, store, started) -> Path:
+    import numpy as np
+
+    from stts_train.demo import report
+    from stts_train.config import load_config
+
+    job = load_config(REPO_CONFIGS / "demo.yaml")
+    stts_rows = [r for r in read_jsonl(stts_dir / "metrics.jsonl") if "train/loss" in r]
+    base_rows = [r for r in read_jsonl(base_dir / "metrics.jsonl") if "train/loss" in r]
+    # the resumed run re-logs the replayed steps; keep the latest entry per step
+    stts_curve = list({r["step"]: r for r in stts_rows}.values())
+    report.plot_losses({"STTS keep 0.5": stts_curve, "unpruned": base_rows}, out / "loss_curves.png", resumed_from)
+    report.plot_speed(speed, out / "speed_vs_frames.png")
+    overlay_files = []
+    for i, (key, (sample, keep)) in enumerate(evals["overlay_samples"].items()):
+        frames = _raw_frames(sample, job)
+        if frames is not None:
+            name = f"kept_tokens_{i}.png"
+            report.overlay_frames(frames, keep.numpy().astype(bool), out / name,
+                                  title=f"{key}: answer {sample.answer}; STTS keeps the moving digit")
+            overlay_files.append(name)
+    stts_t, base_t = median_step_time(stts_curve), median_step_time(base_rows)
+    facts = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "elapsed_s": time.monotonic() - started,
+        "benchmark": bench_info,
+        "eval": evals["results"],
+        "training": {
+            "steps": plan.steps, "ranks": job.parallel.num_ranks, "zero": job.parallel.zero_stage, "store": store,
+            "stts_step_s": stts_t, "unpruned_step_s": base_t,
+            "speedup": (base_t / stts_t) if stts_t and base_t else None,
+            "killed_after": killed_after, "resumed_from": resumed_from,
+            "replayed_steps": max(0, killed_after - resumed_from), "replay_exact": replay_exact,
+            "replay_keys_equal": replay_keys,
+        },
+        "speed": speed,
+        "overlays": overlay_files,
+    }
+    (out / "demo.json").write_text(json.dumps(facts, indent=1, default=lambda o: np.asarray(o).tolist()))
+    path = report.write_markdown(out / "report.md", facts)
+    log(f"report: {path}")
+    return path
+
+
+def _raw_frames(sample, job):
+    """The sampled frames as uint8 images (undo the normalisation of the patches)."""
+    import numpy as np
+
+    v = job.model.vit
+    pixels = sample.pixels_FNC.numpy()
+    num_frames = pixels.shape[0]
+    g, p = v.grid_size, v.patch_size
+    x = pixels.reshape(num_frames, g, g, p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(num_frames, g * p, g * p, 3)
+    x = x * np.array(v.image_std) + np.array(v.image_mean)
+    return np.clip(x * 255.0, 0, 255).astype(np.uint8)
