@@ -85,7 +85,8 @@ def evidence_groups(cfg: ModelConfig, evidence: dict | None, frame_indices: list
     return mask
 
 
-def _source_frames(sample) -> list[int]:
+def source_frame_indices(sample) -> list[int]:
+    """Source-video frame index of every sampled frame (from its timestamp and the fps)."""
     fps = float(sample.metadata.get("fps") or 0) or 1.0
     return [int(round(t * fps)) for t in sample.frame_times_s]
 
@@ -147,7 +148,7 @@ class Evaluator:
         kept = out.kept_mask_FG if out.kept_mask_FG is not None else out.keep_group_FG
         if kept is not None:
             r.kept_masks[sample.key] = kept.cpu()
-            evidence = evidence_groups(self.cfg, sample.evidence, _source_frames(sample), _frame_size(sample))
+            evidence = evidence_groups(self.cfg, sample.evidence, source_frame_indices(sample), _frame_size(sample))
             if evidence is not None and evidence.shape == kept.shape:
                 r.evidence_total += int(evidence.sum())
                 r.evidence_kept += int((evidence & kept.cpu()).sum())

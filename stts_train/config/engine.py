@@ -16,6 +16,8 @@ class ParallelConfig:
     zero_stage: Literal[0, 1, 2, 3] = 1
     precision: Literal["fp32", "bf16"] = "fp32"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    bucket_size: int = 50_000_000
+    """ZeRO reduce/all-gather bucket size in elements."""
 
     def __post_init__(self) -> None:
         check(self.num_ranks >= 1, f"parallel.num_ranks={self.num_ranks} must be >= 1")
@@ -43,6 +45,30 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
+class SyntheticConfig:
+    """Deterministic synthetic data (tests, benchmarks, CPU demos): everything is a function of
+    (train.seed, global sample index)."""
+
+    samples_per_microbatch: int = 2
+    max_frames: int = 4
+    """Frames of a synthetic video are drawn from [2, max_frames]."""
+    min_text_tokens: int = 8
+    max_text_tokens: int = 24
+    modality_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    """Probabilities of video, image and text-only samples."""
+    fingerprint: str = "synthetic-v1"
+
+    def __post_init__(self) -> None:
+        check(self.samples_per_microbatch >= 1,
+              f"train.synthetic.samples_per_microbatch={self.samples_per_microbatch} must be >= 1")
+        check(self.max_frames >= 2, f"train.synthetic.max_frames={self.max_frames} must be >= 2")
+        check(1 <= self.min_text_tokens <= self.max_text_tokens,
+              "train.synthetic needs 1 <= min_text_tokens <= max_text_tokens")
+        check(abs(sum(self.modality_mix) - 1.0) < 1e-6 and min(self.modality_mix) >= 0,
+              f"train.synthetic.modality_mix={list(self.modality_mix)} must be >= 0 and sum to 1")
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     num_steps: int = 100
     micro_batches_per_step: int = 1
@@ -51,6 +77,12 @@ class TrainConfig:
     run_dir: str = ""
     """Run directory (checkpoints, metrics, resolved config); "" = runs/<config name>."""
     log_every: int = 1
+    model: str = "stts_train.models.vlm:Molmo2VLM"
+    """Model class 'module:Name' called as cls(model_cfg, factory)."""
+    data_source: Literal["auto", "synthetic", "stream"] = "auto"
+    """'synthetic' = deterministic random batches; 'stream' = data.path through the planner;
+    'auto' = stream when data.path is set, else synthetic."""
+    synthetic: "SyntheticConfig" = field(default_factory=lambda: SyntheticConfig())
 
     def __post_init__(self) -> None:
         check(self.num_steps >= 1, f"train.num_steps={self.num_steps} must be >= 1")
@@ -62,6 +94,15 @@ class CheckpointConfig:
     keep_last: int = 3
     dir: str = ""
     """'' = <run_dir>/checkpoints; also accepts s3://bucket/prefix."""
+    at_end: bool = True
+    """Write a checkpoint after the last step."""
+    resume: bool = True
+    """Resume automatically from the checkpoint dir's `latest` pointer when it exists."""
+    allow_dp_change: bool = False
+    """Accept a checkpoint written with a different data-parallel size (the data stream restarts
+    its per-rank state from the global sample position)."""
+    allow_fingerprint_change: bool = False
+    """Accept a checkpoint whose dataset fingerprint differs from the current data."""
 
 
 @dataclass(kw_only=True)
@@ -69,3 +110,6 @@ class MetricsConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "stts-train"
     jsonl: bool = True
+    progress_bar: bool = True
+    peak_flops_per_device: float = 0.0
+    """For MFU; 0 = a built-in guess (H100 bf16 dense 989e12, CPU 1e11)."""
