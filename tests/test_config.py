@@ -29,6 +29,13 @@ def test_configs_exist():
     assert {"tiny_cpu", "molmo2_4b_stts50", "bench_cpu", "demo"} <= names
 
 
+def test_float_literals_without_a_dot():
+    cfg = load_config(None, ["optim.scorer.lr=5e-4", "optim.llm.lr=1E-5"])
+    assert cfg.optim.scorer.lr == 5e-4 and cfg.optim.llm.lr == 1e-5
+    with pytest.raises(ConfigError, match="optim.llm.lr"):
+        load_config(None, ["optim.llm.lr=fast"])
+
+
 def test_dotted_overrides():
     cfg = load_config(CONFIGS[0].parent / "tiny_cpu.yaml", ["model.stts.keep_ratio=0.3", "train.num_steps=20", "data.max_fps=1"])
     assert cfg.model.stts.keep_ratio == 0.3 and cfg.train.num_steps == 20 and cfg.data.max_fps == 1.0

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from stts_train.data.loader import eval_stream
     from stts_train.errors import ConfigError
     from stts_train.evaluate import Evaluator, load_trained_model
-    from stts_train.models.tokenizer import qwen_tokenizer
+    from stts_train.models.tokenizer import load_tokenizer
 
     job = load_config(args.config, args.overrides)
     keep = job.model.stts.keep_ratio if args.keep is None else args.keep
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--keep {keep} must be in (0, 1]; use 1.0 (or --pruner none) for no pruning")
     model = load_trained_model(args.checkpoint, job.model)
     data_path = args.data or job.data.eval_path or job.data.path
-    evaluator = Evaluator(model, qwen_tokenizer(), pruner=args.pruner, keep_ratio=keep,
+    evaluator = Evaluator(model, load_tokenizer(job.model), pruner=args.pruner, keep_ratio=keep,
                           attention_layer=args.attention_layer)
     stream = eval_stream(job, data_path, args.frames)
     try:

@@ -130,6 +130,12 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, found {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `5e-4` (no dot) as a string; accept any float literal
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, found {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
         return float(value)

@@ -154,6 +154,13 @@ class ModelConfig:
     """Packed attention kernel: auto = flash-attn on CUDA when installed, else torch varlen on
     CUDA, else one SDPA call per sequence on CPU."""
     init_std: float = 0.02
+    init_scheme: Literal["normal", "fan_in"] = "normal"
+    """Random init of linear layers: normal(0, init_std) as Molmo2/Qwen (fine-tuning from a checkpoint),
+    or normal(0, 1/sqrt(fan_in)), which keeps signals alive through the connector's SwiGLU when
+    a small model trains from scratch."""
+    vocabulary: str = ""
+    """'' = the full Qwen vocabulary; else a JSON file {"base_ids": [...]} restricting the Qwen
+    tokenizer to those ids (small models; see `models.tokenizer.build_subset`)."""
     hf_checkpoint: str | None = None
     """Local Hugging Face Molmo2 directory to initialise from (None = random init)."""
 

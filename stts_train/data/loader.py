@@ -43,11 +43,11 @@ class PipelineSource:
     of its own share. (The stream itself can reshard: `pipelines.stream.combine_states`.)"""
 
     def __init__(self, job: JobConfig, dp_rank: int, dp_size: int, tokenizer=None) -> None:
-        from stts_train.models.tokenizer import qwen_tokenizer
+        from stts_train.models.tokenizer import load_tokenizer
 
         self.job = job
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.tokenizer = tokenizer or qwen_tokenizer()
+        self.tokenizer = tokenizer or load_tokenizer(job.model)
         self.rows_per_step = job.train.micro_batches_per_step
         self.cost = CostModel(job.model)
         self.stream = None

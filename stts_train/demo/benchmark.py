@@ -39,6 +39,7 @@ class BenchmarkSpec:
     fps: float = 8.0
     digit_size: int = 40
     seed: int = 0
+    question_types: tuple[str, ...] = ("which", "direction")
 
 
 def _backgrounds(size: int) -> list[np.ndarray]:
@@ -90,7 +91,8 @@ def render_clip(spec: BenchmarkSpec, index: int, backgrounds, digit_images, digi
     background = photo[y0 : y0 + spec.size, x0 : x0 + spec.size].astype(np.float32)
     digit = int(rng.integers(10))
     candidates = np.flatnonzero(digit_labels == digit)
-    mask = _resize_mask(digit_images[rng.choice(candidates)], spec.digit_size)[..., None]
+    # opaque strokes (the 8x8 digits are faint): the digit's colour is the signal to learn
+    mask = np.clip(1.6 * _resize_mask(digit_images[rng.choice(candidates)], spec.digit_size), 0, 1)[..., None]
     direction = DIRECTIONS[int(rng.integers(4))]
     t = spec.source_frames
     visible = max(int(round(t * rng.uniform(0.6, 1.0))), 4)
@@ -134,34 +136,60 @@ def questions_for(truth: dict, rng: np.random.Generator) -> list[dict]:
     ]
 
 
+def _render_and_encode(args) -> tuple[int, str, list[dict]]:
+    spec, index, out_dir, split = args
+    state = _worker_assets(spec.size)
+    frames, truth = render_clip(spec, index, *state)
+    name = f"clips/digits_{index:05d}.mp4"
+    encode_h264(frames, spec.fps, Path(out_dir) / split / name)
+    rng = np.random.default_rng([spec.seed, index, 1])
+    rows = []
+    for q in questions_for(truth, rng):
+        if q["evidence"]["qtype"] in spec.question_types:
+            rows.append({"id": f"digits_{index:05d}_{q['evidence']['qtype']}", "video": name, **q})
+    return index, split, rows
+
+
+_ASSETS: dict[int, tuple] = {}
+
+
+def _worker_assets(size: int) -> tuple:
+    if size not in _ASSETS:
+        _ASSETS[size] = (_backgrounds(size), *_digits())
+    return _ASSETS[size]
+
+
 def generate(out_dir: str | Path, spec: BenchmarkSpec = BenchmarkSpec(), *, eval_fraction: float = 0.2,
-             progress: bool = True) -> dict:
-    """Write `train/` and `eval/` source folders (clips + annotations.jsonl) under `out_dir`."""
+             progress: bool = True, workers: int | None = None) -> dict:
+    """Write `train/` and `eval/` source folders (clips + annotations.jsonl) under `out_dir`.
+
+    Clips are rendered and encoded in `workers` processes (default: every core); the output is
+    identical for any worker count (each clip is seeded by (seed, index))."""
+    import multiprocessing as mp
+    import os
+
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    backgrounds = _backgrounds(spec.size)
-    digit_images, digit_labels = _digits()
     num_eval = max(1, int(round(spec.num_clips * eval_fraction)))
-    counts = {"train": 0, "eval": 0}
-    writers = {}
     for split in ("train", "eval"):
         (out_dir / split / "clips").mkdir(parents=True, exist_ok=True)
-        writers[split] = (out_dir / split / "annotations.jsonl").open("w")
-    try:
-        for i in tqdm(range(spec.num_clips), desc="generate clips", unit="clip", disable=not progress):
-            split = "eval" if i < num_eval else "train"
-            frames, truth = render_clip(spec, i, backgrounds, digit_images, digit_labels)
-            name = f"clips/digits_{i:05d}.mp4"
-            encode_h264(frames, spec.fps, out_dir / split / name)
-            rng = np.random.default_rng([spec.seed, i, 1])
-            for q in questions_for(truth, rng):
-                row = {"id": f"digits_{i:05d}_{q['evidence']['qtype']}", "video": name, **q}
-                writers[split].write(json.dumps(row) + "\n")
-                counts[split] += 1
-    finally:
-        for w in writers.values():
-            w.close()
-    info = {"spec": spec.__dict__, "questions": counts, "frame_size": spec.size}
+    jobs = [(spec, i, str(out_dir), "eval" if i < num_eval else "train") for i in range(spec.num_clips)]
+    results: dict[int, tuple[str, list[dict]]] = {}
+    workers = workers or os.cpu_count() or 1
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for index, split, rows in tqdm(pool.imap_unordered(_render_and_encode, jobs, chunksize=4),
+                                       total=len(jobs), desc="generate clips", unit="clip", disable=not progress):
+            results[index] = (split, rows)
+    counts = {"train": 0, "eval": 0}
+    for split in ("train", "eval"):
+        with (out_dir / split / "annotations.jsonl").open("w") as f:
+            for index in sorted(results):
+                if results[index][0] == split:
+                    for row in results[index][1]:
+                        f.write(json.dumps(row) + "\n")
+                        counts[split] += 1
+    info = {"spec": {**spec.__dict__, "question_types": list(spec.question_types)}, "questions": counts,
+            "frame_size": spec.size}
     (out_dir / "benchmark.json").write_text(json.dumps(info, indent=1))
     return info

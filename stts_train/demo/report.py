@@ -135,9 +135,11 @@ def write_markdown(out: Path, facts: dict) -> Path:
         "",
         "## Training",
         "",
-        f"- STTS (keep 0.5) and unpruned runs: {t['steps']} steps each, {t['ranks']} ranks, DeepSpeed ZeRO-{t['zero']}, "
+        f"- As in the paper, STTS starts from a trained model: an unpruned base was trained from scratch for "
+        f"{t['base_steps']} steps and exported to a Hugging Face Molmo2 dir; from it, STTS (keep 0.5) was fine-tuned "
+        f"and the unpruned model continued, {t['steps']} steps each, {t['ranks']} ranks, DeepSpeed ZeRO-{t['zero']}, "
         f"data decoded on Ray from `{t['store']}`.",
-        f"- Training throughput (median step time after warm-up): STTS {fmt(t['stts_step_s'])} s, unpruned "
+        f"- Training throughput over the same steps and data (median step time after warm-up): STTS {fmt(t['stts_step_s'])} s, unpruned "
         f"{fmt(t['unpruned_step_s'])} s: measured speed-up **{fmt(t['speedup'], 2)}x**.",
         f"- Resume: the STTS run was SIGKILLed after step {t['killed_after']} and resumed from checkpoint step "
         f"{t['resumed_from']}; the {t['replayed_steps']} replayed steps reproduced the killed run's losses "

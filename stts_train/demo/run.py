@@ -27,7 +27,10 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 @dataclass(frozen=True)
 class DemoPlan:
     num_clips: int
+    base_steps: int
+    """Unpruned training from scratch (the 'pretrained model' STTS starts from, as in the paper)."""
     steps: int
+    """Then the same number of steps for each arm: STTS fine-tuning and unpruned continuation."""
     checkpoint_every: int
     eval_questions: int | None
     speed_frames: tuple[int, ...]
@@ -36,10 +39,15 @@ class DemoPlan:
     @staticmethod
     def make(quick: bool) -> "DemoPlan":
         if quick:
-            return DemoPlan(num_clips=40, steps=12, checkpoint_every=4, eval_questions=16,
+            return DemoPlan(num_clips=48, base_steps=8, steps=12, checkpoint_every=4, eval_questions=16,
                             speed_frames=(16,), training_free=("visionzip", "random"))
-        return DemoPlan(num_clips=240, steps=150, checkpoint_every=25, eval_questions=None,
+        return DemoPlan(num_clips=1200, base_steps=300, steps=150, checkpoint_every=25, eval_questions=None,
                         speed_frames=(16, 32, 64), training_free=("visionzip", "fastvid", "holitom", "random"))
+
+
+# Fine-tuning (both arms) uses a smaller learning rate than training from scratch, and the STTS
+# scorer its own small one: at higher rates its sigmoid saturates through the soft-bias rescale.
+FINETUNE = ["optim.vit.lr=5e-4", "optim.connector.lr=5e-4", "optim.llm.lr=5e-4", "optim.scorer.lr=1e-4"]
 
 
 def log(msg: str) -> None:
@@ -109,7 +117,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
     os.environ.setdefault("WANDB_MODE", "offline")
 
     log(f"1/7 generating {plan.num_clips} MovingDigits-QA clips from real assets")
-    bench_info = generate(out / "benchmark", BenchmarkSpec(num_clips=plan.num_clips))
+    spec = BenchmarkSpec(num_clips=plan.num_clips, question_types=("which",))
+    bench_info = generate(out / "benchmark", spec)
+    vocab_overrides = demo_vocabulary(out, spec)
 
     server = None
     try:
@@ -131,37 +141,42 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
                 build += ["--s3-endpoint-url", server.endpoint]
             subprocess.run(build, check=True)
 
-        common = [f"data.path={store}/train", f"data.eval_path={store}/eval", f"train.num_steps={plan.steps}",
-                  f"checkpoint.every={plan.checkpoint_every}", *store_overrides]
-        stts_dir, base_dir = out / "runs" / "stts", out / "runs" / "unpruned"
+        model_overrides = [*vocab_overrides, *store_overrides]
+        data = [f"data.path={store}/train", f"data.eval_path={store}/eval", *model_overrides]
+        runs = out / "runs"
+        base_dir, stts_dir, cont_dir = runs / "base", runs / "stts", runs / "unpruned"
+        log(f"3/7 training the unpruned base model from scratch ({plan.base_steps} steps)")
+        subprocess.run(train_command(config, base_dir, data + [
+            "model.stts.pruner=none", f"train.num_steps={plan.base_steps}", f"checkpoint.every={plan.base_steps}"]),
+            check=True)
+        base_hf = runs / "base_hf"
+        subprocess.run(cli("export", str(base_dir), str(base_hf)), check=True)
+        arm = data + [f"model.hf_checkpoint={base_hf}", f"train.num_steps={plan.steps}",
+                      f"checkpoint.every={plan.checkpoint_every}", *FINETUNE]
         kill_at = plan.steps // 2
-        log(f"3/7 training STTS (keep 0.5), will SIGKILL after the checkpoint at step >= {kill_at}")
-        cmd = train_command(config, stts_dir, common)
+        log(f"4/7 fine-tuning with STTS (keep 0.5) from the base; SIGKILL after the checkpoint at step >= {kill_at}")
+        cmd = train_command(config, stts_dir, arm)
         resumed_from, killed_after = run_and_kill(cmd, stts_dir, kill_at, timeout_s=1800)
         before = step_losses(read_jsonl(stts_dir / "metrics.jsonl"))
         keys_before = {r["step"]: r["keys"] for r in read_jsonl(stts_dir / "samples.jsonl")}
-        (stts_dir / "metrics.killed.jsonl").write_text((stts_dir / "metrics.jsonl").read_text())
         log(f"killed after step {killed_after}; resuming from checkpoint step {resumed_from}")
         subprocess.run(cmd, check=True)
-        rows = read_jsonl(stts_dir / "metrics.jsonl")
-        after = step_losses([r for r in rows if r.get("step", 0) > resumed_from])
-        keys_after = {}
-        for r in read_jsonl(stts_dir / "samples.jsonl"):
-            keys_after[r["step"]] = r["keys"]  # the resumed run's entries come last
-        replayed = [s for s in range(resumed_from + 1, killed_after + 1)]
-        replay_exact = all(before.get(s) == after.get(s) for s in replayed) and bool(replayed)
+        after = step_losses([r for r in read_jsonl(stts_dir / "metrics.jsonl") if r.get("step", 0) > resumed_from])
+        keys_after = {r["step"]: r["keys"] for r in read_jsonl(stts_dir / "samples.jsonl")}  # resumed run last
+        replayed = list(range(resumed_from + 1, killed_after + 1))
+        replay_exact = bool(replayed) and all(before.get(s) == after.get(s) for s in replayed)
         replay_keys = all(keys_before.get(s) == keys_after.get(s) for s in replayed)
 
-        log("4/7 training the same model unpruned")
-        subprocess.run(train_command(config, base_dir, common + ["model.stts.pruner=none"]), check=True)
+        log(f"5/7 continuing the unpruned model from the base for the same {plan.steps} steps")
+        subprocess.run(train_command(config, cont_dir, arm + ["model.stts.pruner=none"]), check=True)
 
-        log("5/7 evaluating")
-        evals = evaluate_all(config, store, stts_dir, base_dir, plan, store_overrides)
-        log("6/7 measuring speed against frame count")
+        log("6/7 evaluating")
+        evals = evaluate_all(config, store, stts_dir, cont_dir, plan, model_overrides)
+        log("   measuring speed against frame count")
         speed = speed_sweep(REPO_CONFIGS / "bench_cpu.yaml", plan.speed_frames)
         log("7/7 writing the report")
-        return write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resumed_from, killed_after,
-                            replay_exact, replay_keys, store, started)
+        return write_report(out, bench_info, plan, stts_dir, cont_dir, evals, speed, resumed_from, killed_after,
+                            replay_exact, replay_keys, store, started, model_overrides)
     finally:
         if server is not None:
             server.stop()
@@ -171,9 +186,8 @@ def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan:
     from stts_train.config import load_config
     from stts_train.data.loader import eval_stream
     from stts_train.evaluate import Evaluator, load_trained_model
-    from stts_train.models.tokenizer import qwen_tokenizer
+    from stts_train.models.tokenizer import load_tokenizer
 
-    tok = qwen_tokenizer()
     settings = [("STTS", stts_dir, "stts", 0.5), ("unpruned", base_dir, "none", 1.0)]
     settings += [("unpruned", base_dir, name, 0.5) for name in plan.training_free]
     results, overlays = [], {}
@@ -182,7 +196,7 @@ def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan:
         job = load_config(config, [f"data.eval_path={store}/eval", *overrides] + (["model.stts.pruner=none"] if label == "unpruned" else []))
         if run_dir not in models:
             models[run_dir] = load_trained_model(str(run_dir), job.model)
-        ev = Evaluator(models[run_dir], tok, pruner=pruner, keep_ratio=keep)
+        ev = Evaluator(models[run_dir], load_tokenizer(job.model), pruner=pruner, keep_ratio=keep)
         stream = eval_stream(job, job.data.eval_path)
         samples = []
         try:
@@ -203,6 +217,27 @@ def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan:
     return {"results": results, "overlay_samples": overlays}
 
 
+def demo_vocabulary(out: Path, spec) -> list[str]:
+    """Restrict the Qwen tokenizer to the demo's text (a ~100-token vocabulary instead of 152k),
+    so the small model's step time is spent on the ViT and LLM, not on a huge embedding."""
+    from stts_train.data.template import format_question
+    from stts_train.models.tokenizer import build_subset, subset_overrides
+
+    texts = ["user\n", "\n", "assistant\n"]
+    for split in ("train", "eval"):
+        for row in read_jsonl(out / "benchmark" / split / "annotations.jsonl"):
+            texts.append("\n" + format_question(row["question"], row.get("choices")))
+            texts += [row["answer"], *(row.get("choices") or [])]
+    seconds = spec.source_frames / spec.fps
+    for tenth in range(int(seconds * 10) + 11):
+        texts += [f"{tenth / 10:.1f} ", f" {tenth / 10:.1f} "]
+    base_ids, vocab_size = build_subset(texts)
+    path = out / "vocabulary.json"
+    path.write_text(json.dumps({"base_ids": base_ids, "vocab_size": vocab_size}))
+    log(f"vocabulary subset: {vocab_size} Qwen tokens + {len(base_ids) - vocab_size} Molmo2 tokens -> {path}")
+    return subset_overrides(str(path), base_ids, vocab_size)
+
+
 def speed_sweep(config: Path, frames: tuple[int, ...]) -> list[dict]:
     """Prefill and train-step time at keep 0.5 vs 1.0 (same weights) on the CPU benchmark model,
     whose matmuls dominate; the demo model itself is too small for compute to show."""
@@ -221,13 +256,13 @@ def speed_sweep(config: Path, frames: tuple[int, ...]) -> list[dict]:
 
 
 def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resumed_from, killed_after,
-                 replay_exact, replay_keys, store, started) -> Path:
+                 replay_exact, replay_keys, store, started, model_overrides) -> Path:
     import numpy as np
 
     from stts_train.demo import report
     from stts_train.config import load_config
 
-    job = load_config(REPO_CONFIGS / "demo.yaml")
+    job = load_config(REPO_CONFIGS / "demo.yaml", model_overrides)
     stts_rows = [r for r in read_jsonl(stts_dir / "metrics.jsonl") if "train/loss" in r]
     base_rows = [r for r in read_jsonl(base_dir / "metrics.jsonl") if "train/loss" in r]
     # the resumed run re-logs the replayed steps; keep the latest entry per step
@@ -255,7 +290,7 @@ def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resume
         "benchmark": bench_info,
         "eval": evals["results"],
         "training": {
-            "steps": plan.steps, "ranks": job.parallel.num_ranks, "zero": job.parallel.zero_stage, "store": store,
+            "steps": plan.steps, "base_steps": plan.base_steps, "ranks": job.parallel.num_ranks, "zero": job.parallel.zero_stage, "store": store,
             "stts_step_s": stts_t, "unpruned_step_s": base_t,
             "speedup": (base_t / stts_t) if stts_t and base_t else None,
             "killed_after": killed_after, "resumed_from": resumed_from,

@@ -135,3 +135,96 @@ def qwen_tokenizer():
         if tokenizer.token_to_id(name) != expected:
             raise STTSError(f"tokenizer cache {path} is stale ({name} != {expected}); delete it to rebuild")
     return tokenizer
+
+
+class _Encoding:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+
+class SubsetTokenizer:
+    """The Qwen tokenizer restricted to a fixed list of its token ids (small models, demos).
+
+    Token `base_ids[i]` of the Qwen tokenizer becomes id `i`. The predictable vocabulary
+    (`model.llm.vocab_size`) comes first, then Molmo2's extra tokens (`additional_vocab_size`).
+    Text is tokenized exactly as by the full tokenizer; a Qwen token outside the subset is an error
+    naming it (the subset must be built from the data it serves, see `build_subset`).
+    """
+
+    def __init__(self, base, base_ids: list[int]) -> None:
+        self.base = base
+        self.base_ids = list(base_ids)
+        self.to_subset = {b: i for i, b in enumerate(self.base_ids)}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> _Encoding:
+        ids = []
+        for b in self.base.encode(text, add_special_tokens=add_special_tokens).ids:
+            if b not in self.to_subset:
+                raise STTSError(
+                    f"token {self.base.id_to_token(b)!r} (Qwen id {b}) of {text[:60]!r} is not in the vocabulary "
+                    "subset; rebuild it from the data (stts_train.models.tokenizer.build_subset) or use the full vocabulary"
+                )
+            ids.append(self.to_subset[b])
+        return _Encoding(ids)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.base.decode([self.base_ids[i] for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, name: str) -> int | None:
+        b = self.base.token_to_id(name)
+        return None if b is None else self.to_subset.get(b)
+
+    def get_vocab_size(self) -> int:
+        return len(self.base_ids)
+
+
+CHAT_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def build_subset(texts, base=None) -> tuple[list[int], int]:
+    """(Qwen ids of the subset, predictable vocabulary size) covering `texts`, the chat tokens,
+    every digit and Molmo2's extra tokens (appended after the predictable part)."""
+    base = base or qwen_tokenizer()
+    ids: set[int] = {base.token_to_id(t) for t in CHAT_TOKENS}
+    for text in list(texts) + [str(d) for d in range(10)] + [" ", ".", "\n", "user\n", "assistant\n"]:
+        ids.update(base.encode(text, add_special_tokens=False).ids)
+    predictable = sorted(ids)
+    extra = [base.token_to_id(t) for t in MOLMO2_EXTRA]
+    return predictable + extra, len(predictable)
+
+
+def subset_overrides(path: str, base_ids: list[int], vocab_size: int, base=None) -> list[str]:
+    """Config overrides that point a model at a subset vocabulary file."""
+    base = base or qwen_tokenizer()
+    sub = SubsetTokenizer(base, base_ids)
+    names = {
+        "image_start_id": "<im_start>", "image_end_id": "<im_end>", "image_patch_id": "<im_patch>",
+        "image_col_id": "<im_col>", "low_res_image_start_id": "<low_res_im_start>",
+        "frame_start_id": "<frame_start>", "frame_end_id": "<frame_end>", "pad_id": "<|endoftext|>",
+        "eos_id": "<|im_end|>",
+    }
+    return [f"model.vocabulary={path}", f"model.llm.vocab_size={vocab_size}",
+            f"model.llm.additional_vocab_size={len(base_ids) - vocab_size}"] + [
+        f"model.tokens.{k}={sub.token_to_id(v)}" for k, v in names.items()
+    ]
+
+
+def load_tokenizer(model_cfg):
+    """The tokenizer a model config asks for: full Qwen, or the subset in `model.vocabulary`."""
+    import json
+
+    base = qwen_tokenizer()
+    path = getattr(model_cfg, "vocabulary", "")
+    if not path:
+        return base
+    base_ids = json.loads(Path(path).read_text())["base_ids"]
+    tok = SubsetTokenizer(base, base_ids)
+    if len(base_ids) != model_cfg.llm.total_vocab_size:
+        raise STTSError(
+            f"vocabulary {path} has {len(base_ids)} tokens but model.llm.vocab_size + additional_vocab_size = "
+            f"{model_cfg.llm.total_vocab_size}; use the overrides from subset_overrides()"
+        )
+    if tok.token_to_id("<im_patch>") != model_cfg.tokens.image_patch_id:
+        raise STTSError(f"model.tokens.image_patch_id={model_cfg.tokens.image_patch_id} does not match "
+                        f"<im_patch> = {tok.token_to_id('<im_patch>')} in {path}")
+    return tok

@@ -67,7 +67,8 @@ class Molmo2VLM(nn.Module):
             if ".scorer" in f".{name}":
                 continue  # the scorer has its own init (spec 1.4)
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
+                fan_in = module.weight.shape[1]
+                nn.init.normal_(module.weight, std=fan_in**-0.5 if self.cfg.init_scheme == "fan_in" else std)
                 if module.bias is not None:
                     module.bias.zero_()
             elif isinstance(module, nn.Embedding):

@@ -82,6 +82,14 @@ def build_model(cfg: JobConfig, dims: ParallelDims, model_fn: ModelFn) -> nn.Mod
     """Steps 2-3: the (possibly tensor-parallel) model with the tp=1 model's weights."""
     torch.manual_seed(cfg.train.seed)
     reference = model_fn(cfg.model, LocalLayerFactory())
+    if cfg.model.hf_checkpoint:
+        # Initialise from a Hugging Face Molmo2 dir (e.g. `stts-train export` of an earlier run);
+        # a scorer missing there keeps its fresh init, as in the STTS reference. A resumed run's
+        # checkpoint overwrites these weights afterwards.
+        from stts_train.models.hf_interop import load_hf, load_into
+
+        _, state = load_hf(cfg.model.hf_checkpoint, cfg.model)
+        load_into(reference, state)
     if dims.tp == 1:
         return reference
     full = {k: v.detach().clone() for k, v in reference.state_dict().items()}
