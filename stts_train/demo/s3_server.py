@@ -39,17 +39,15 @@ class LocalS3:
         self.stop()
 
 
-def start_local_s3(bucket: str, timeout_s: float = 30.0) -> LocalS3:
-    """Start moto_server on a free port, create `bucket`, and point the AWS env at it.
-
-    The credentials are dummies that only this local server accepts; nothing is written to disk.
-    """
+def start_local_s3(bucket: str | None = None, timeout_s: float = 30.0, log_path: str | None = None) -> LocalS3:
+    """Start moto_server on a free port (optionally creating `bucket`); dummy AWS credentials are
+    set in this process's environment if none are, accepted only by this local server."""
     port = free_port()
     exe = shutil.which("moto_server")
     cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
-        [*cmd, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     endpoint = f"http://127.0.0.1:{port}"
     server = LocalS3(endpoint, process)
@@ -66,7 +64,8 @@ def start_local_s3(bucket: str, timeout_s: float = 30.0) -> LocalS3:
                 server.stop()
                 raise RuntimeError(f"moto_server did not start on {endpoint}; is moto[server] installed?")
             time.sleep(0.2)
-    import boto3
+    if bucket:
+        import boto3
 
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     return server

@@ -22,14 +22,6 @@ import pytest
 from pipelines.schema import DecodeSpec
 from stts_train.config.data import DataConfig
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,19 +39,6 @@ def ffmpeg(*args: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def aws_env():
-    """Fake credentials for moto, set before Ray starts so the actors inherit them."""
-    old = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    yield AWS_ENV
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="session")
 def ray_local(aws_env):
     import ray
 
@@ -67,47 +46,6 @@ def ray_local(aws_env):
              configure_logging=False)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def moto_url(aws_env, tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    exe = shutil.which("moto_server") or sys.executable
-    cmd = [exe, "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
-
-
-_bucket_count = [0]
-
-
-@pytest.fixture
-def s3_bucket(moto_url):
-    """A fresh bucket; returns its name."""
-    import boto3
-
-    _bucket_count[0] += 1
-    name = f"stts-test-{_bucket_count[0]}"
-    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=name)
-    return name
 
 
 class FaultProxy:
