@@ -128,7 +128,6 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
 
             server = start_local_s3("stts-demo")
             store = "s3://stts-demo/store"
-            os.environ["STTS_S3_ENDPOINT"] = server.endpoint
             store_overrides = [f"data.s3_endpoint_url={server.endpoint}"]
             log(f"local S3 server at {server.endpoint} (moto, pid {server.process.pid})")
         else:
