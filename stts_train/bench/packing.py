@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
+
+from stts_train.bench.machine import machine_info
 
 KEEP_RATIOS = (1.0, 0.5, 0.3)
 DP_SIZES = (8, 64)
@@ -71,33 +70,6 @@ def generate_trace(num_samples: int, seed: int, start: int = 0):
             meta = SampleMeta(key=f"s{seed}-{start + i}", num_text_tokens=int(text[i]), num_loss_tokens=loss)
         out.append(meta)
     return out
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-    }
-    try:
-        import numpy
-        import torch
-
-        info["torch"] = torch.__version__
-        info["numpy"] = numpy.__version__
-    except ImportError:
-        pass
-    return info
 
 
 def budgets_for(keep: float) -> tuple[int, int]:

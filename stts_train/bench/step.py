@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,33 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", action="store_true", help="ZeRO-1/2/3 at data-parallel 2 (writes engine-cpu.json)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/step-{cpu,gpu}.json)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-
-
-def machine_info(device) -> dict:
-    import os
-
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def build_batch(cfg, frames: int, text_tokens: int, samples: int, seed: int):
@@ -131,6 +103,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     import torch
     from tqdm import tqdm
 
+    from stts_train.bench.machine import machine_info
     from stts_train.config import load_config
     from stts_train.data.cost import CostModel
     from stts_train.models.vlm import Molmo2VLM

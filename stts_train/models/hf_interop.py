@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from stts_train.config.model import ConnectorConfig, LlmConfig, ModelConfig, SpecialTokens, VitConfig
+from stts_train.config.model import ConnectorConfig, LlmConfig, ModelConfig, VitConfig
 from stts_train.errors import CheckpointError
 
 VIT = "model.vision_backbone.image_vit."

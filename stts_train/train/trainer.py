@@ -23,7 +23,7 @@ import torch.distributed as dist
 from stts_train.config.base import to_dict
 from stts_train.config.job import JobConfig, dump_config
 from stts_train.data.batch import MicroBatch
-from stts_train.errors import CheckpointError, ConfigError
+from stts_train.errors import CheckpointError
 from stts_train.parallel.dims import ParallelDims
 from stts_train.parallel.parallelize import ModelFn, parallelize
 from stts_train.train import faults

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 from stts_train.config import load_config
-from stts_train.train.preemption import EXIT_PREEMPTED, PreemptionWatcher, restart_count
+from stts_train.train.exit_codes import EXIT_PREEMPTED
+from stts_train.train.preemption import restart_count
+from stts_train.train.signals import StopFlag
 
 
 def _spawn_local(num_ranks: int) -> int:
@@ -65,7 +67,7 @@ def main() -> int:
     if ranks is None:
         return _spawn_local(cfg.parallel.num_ranks)
     rank, world = ranks
-    watcher = PreemptionWatcher().install()
+    watcher = StopFlag().install()
 
     import torch
     import torch.distributed as dist
@@ -95,7 +97,7 @@ def main() -> int:
 
     step_s = float(os.environ.get("FAKE_TRAIN_STEP_S", "0.25"))
     for step in range(start, cfg.train.num_steps):
-        if watcher.agree():
+        if watcher.should_stop():
             save(step)
             print(
                 f"[rank{rank}] preempted (SIG {watcher.signum}); checkpointed step {step}",

@@ -15,6 +15,7 @@ from cluster import naming, slurm
 from stts_train.config import load_config
 from stts_train.errors import ConfigError
 from stts_train.train import preemption
+from stts_train.train.exit_codes import EXIT_PREEMPTED
 from tests.cluster.conftest import REPO, stts_cli
 
 CONFIG = REPO / "tests" / "cluster" / "configs" / "fake_tiny.yaml"
@@ -71,7 +72,7 @@ def test_slurm_dry_run_prints_script_and_resolved_config(tmp_path):
         f"#SBATCH --output={tmp_path}/slurm/%x-%j.out",
         "#SBATCH --open-mode=append",
         "MAX_REQUEUES=5",
-        f"EXIT_PREEMPTED={preemption.EXIT_PREEMPTED}",
+        f"EXIT_PREEMPTED={EXIT_PREEMPTED}",
         "export NCCL_DEBUG=WARN",
         "export NCCL_IB_DISABLE=1",
         "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
