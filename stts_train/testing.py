@@ -11,6 +11,7 @@ a run that exceeds `timeout_s` (a hang) kills every rank and raises TimeoutError
 from __future__ import annotations
 
 import os
+import pickle
 import queue as queue_mod
 import socket
 import time
@@ -43,7 +44,10 @@ def _entry(
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         result = fn(*args, **kwargs)
-        queue.put((rank, "ok", result))
+        # Plain pickle copies tensor data into bytes. torch.multiprocessing's queue would instead
+        # pass tensors as shared-memory file descriptors served by this process, which breaks
+        # when the rank exits before the parent unpickles them (FileNotFoundError in CI).
+        queue.put((rank, "ok", pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)))
     except BaseException:  # noqa: BLE001 - report everything to the parent
         queue.put((rank, "error", traceback.format_exc()))
         queue.close()
@@ -98,7 +102,7 @@ def run_distributed_test(
                 continue
             if status == "error":
                 raise RuntimeError(f"rank {rank} failed:\n{payload}")
-            results[rank] = payload
+            results[rank] = pickle.loads(payload)  # noqa: S301 - bytes from our own child process
         for p in procs:
             p.join(timeout=max(1.0, deadline - time.monotonic()))
     finally:
