@@ -38,10 +38,13 @@ class MicroBatch:
     num_loss_tokens: float | None = None
     """Loss tokens in the whole global batch (all ranks, all micro-batches of the step); the CE sum
     is divided by this. None = this micro-batch's own count."""
+    padding_samples: int = 0
+    """Leading samples that are padding (no loss, no key): a rank with nothing planned for a row
+    still runs the step's collectives."""
 
     @property
     def num_samples(self) -> int:
-        return int(self.cu_seqlens_B1.numel() - 1)
+        return int(self.cu_seqlens_B1.numel() - 1) - self.padding_samples
 
     def to(self, device: torch.device | str, float_dtype: torch.dtype | None = None) -> "MicroBatch":
         pixels = self.pixels_FNC.to(device)
@@ -57,4 +60,5 @@ class MicroBatch:
             item_sample_I=self.item_sample_I.to(device),
             sample_keys=list(self.sample_keys),
             num_loss_tokens=self.num_loss_tokens,
+            padding_samples=self.padding_samples,
         )

@@ -102,6 +102,23 @@ def collate_row(
     )
 
 
+def padding_row(cfg: ModelConfig) -> MicroBatch:
+    """A micro-batch of one pad token without loss, for a rank whose planned row is empty (the
+    model still runs, so ZeRO-3 gathers and gradient reductions match the other ranks)."""
+    n, c = cfg.vit.num_patches, cfg.vit.patch_dim
+    return MicroBatch(
+        input_ids_S=torch.tensor([cfg.tokens.pad_id], dtype=torch.long),
+        labels_S=torch.tensor([IGNORE_INDEX], dtype=torch.long),
+        cu_seqlens_B1=torch.tensor([0, 1], dtype=torch.int32),
+        pixels_FNC=torch.zeros(0, n, c),
+        item_frames_I=torch.zeros(0, dtype=torch.long),
+        item_modality_I=torch.zeros(0, dtype=torch.long),
+        item_sample_I=torch.zeros(0, dtype=torch.long),
+        sample_keys=[],
+        padding_samples=1,
+    )
+
+
 def collate_plan(ranks: list[list[list[int]]], samples: list[TokenizedSample], cfg: ModelConfig) -> list[list[MicroBatch]]:
     """Every rank's rows as micro-batches, all normalised by the step's global loss-token count."""
     placed = [i for rank in ranks for row in rank for i in row]

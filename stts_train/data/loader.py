@@ -1,14 +1,20 @@
 """Real-data source for the trainer: WebDataset stream -> chat template -> planner -> micro-batches.
 
-Each data-parallel rank reads its own share of the dataset (`pipelines.stream`), tokenizes every
-decoded sample with Molmo2's video layout, and packs a window of samples into rows under the
-LLM-token and ViT-patch budgets with the planner (rank-local packing; every row holds whole
-samples, nothing is dropped: a window is flushed completely before the next one is read).
-Every step takes `train.micro_batches_per_step` rows on every rank, so ranks stay in lockstep.
+Each data-parallel rank reads and decodes its own share of the dataset (`pipelines.stream`) and
+tokenizes every sample with Molmo2's video layout. A window is `packing.window_size` samples per
+rank. The ranks all-gather the window's metadata, plan the union with the balanced planner (the
+same plan on every rank: near-equal modelled ViT and LLM cost per rank, every row within the LLM
+token and ViT patch budgets, every sample placed exactly once, `plan_closed_window`). A sample stays
+on the rank that decoded it whenever that rank has room for it within the balance tolerance
+(`packing.prefer_home_rank`), near-equal samples planned on each other's ranks are swapped back,
+and only the rest is sent point to point (`stts_train.data.exchange`). Every rank then has the
+same number of rows for the window; every step takes `train.micro_batches_per_step` rows on every
+rank, so ranks stay in lockstep (a row a rank has no samples for becomes a one-token padding row
+without loss).
 
-Exact resume: the state is (stream state at the start of the current window, rows of that window
-already consumed). Restoring re-reads the window, re-plans it (planning is deterministic) and
-skips the consumed rows, so the sample stream replays exactly.
+Exact resume: a rank's state is (its stream state at the start of the current window, rows of that
+window already consumed). Restoring re-reads every rank's window, re-plans it (planning is
+deterministic) and skips the consumed rows, so the sample stream replays exactly.
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import numpy as np
+
 from stts_train.config import JobConfig
 from stts_train.data.batch import MicroBatch
-from stts_train.data.collate import TokenizedSample, collate_row
+from stts_train.data.collate import TokenizedSample, collate_row, padding_row
 from stts_train.data.cost import CostModel
-from stts_train.data.planner import StreamingPlanner
+from stts_train.data.exchange import SampleExchange
+from stts_train.data.planner import PoolArrays, plan_closed_window, relabel_for_locality, swap_for_locality
 from stts_train.data.template import tokenize_sample
+from stts_train.errors import ConfigError, DataError
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def decode_spec(job: JobConfig):
@@ -36,25 +46,42 @@ def decode_spec(job: JobConfig):
 
 
 class PipelineSource:
-    """The trainer's `DataSource` over a built dataset (see the module docstring)."""
+    """The trainer's `DataSource` over a built dataset (see the module docstring).
+
+    Args:
+        job: the job config (`data`, `packing`, `model`, `train.micro_batches_per_step`).
+        dp_rank, dp_size: this rank's data-parallel position.
+        tokenizer: default `load_tokenizer(job.model)`.
+        group: the data-parallel process group (None: the default group); used when dp_size > 1.
+    """
 
     can_reshard = False
-    """Resuming at another data-parallel size is refused: each rank's state pins a planned window
-    of its own share. (The stream itself can reshard: `pipelines.stream.combine_states`.)"""
+    """Resuming at another data-parallel size is refused: each rank's state pins its share of a
+    planned window. (The stream itself can reshard: `pipelines.stream.combine_states`.)"""
 
-    def __init__(self, job: JobConfig, dp_rank: int, dp_size: int, tokenizer=None) -> None:
+    def __init__(self, job: JobConfig, dp_rank: int, dp_size: int, tokenizer=None, group=None) -> None:
         from stts_train.models.tokenizer import load_tokenizer
 
+        if job.packing.algorithm != "balanced":
+            raise ConfigError(
+                f"packing.algorithm={job.packing.algorithm!r}: training plans with the balanced planner; "
+                "the other algorithms are baselines for `stts-train bench packing`. Set packing.algorithm=balanced"
+            )
         self.job = job
         self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.exchange = SampleExchange(group, dp_rank, dp_size) if dp_size > 1 else None
         self.tokenizer = tokenizer or load_tokenizer(job.model)
         self.rows_per_step = job.train.micro_batches_per_step
         self.cost = CostModel(job.model)
         self.stream = None
+        self.exhausted = False
         self.window_state: dict | None = None
         self.rows: list[list[TokenizedSample]] = []
         self.consumed = 0
-        self.keys_seen: list[str] = []
+        self.window_stats: dict[str, float] = {}
+        """Of the last planned window (the same on every rank; logged as data/<name>): modelled
+        cost imbalance across ranks (max / mean - 1) and the fraction of samples moved to another
+        rank."""
         from pipelines.stream import Dataset
         from pipelines.storage import options_from_config
 
@@ -67,21 +94,72 @@ class PipelineSource:
         if self.stream is not None:
             self.stream.close()
         self.stream = open_stream(self.job.data, decode_spec(self.job), self.dp_rank, self.dp_size, state)
+        self.exhausted = False
+
+    def _read_local(self) -> list[TokenizedSample]:
+        samples: list[TokenizedSample] = []
+        while len(samples) < self.job.packing.window_size and not self.exhausted:
+            try:
+                decoded = next(self.stream)
+            except StopIteration:
+                self.exhausted = True  # a finite stream (data.num_epochs) ran out on this rank
+                break
+            samples.append(tokenize_sample(decoded, self.tokenizer, self.job.model))
+        return samples
 
     def _next_window(self) -> None:
         if self.stream is None:
             self._open(None)
         self.window_state = copy.deepcopy(self.stream.state_dict())
-        samples = [tokenize_sample(next(self.stream), self.tokenizer, self.job.model)
-                   for _ in range(self.job.packing.window_size)]
-        self.rows = self._plan(samples)
-        self.consumed = 0
+        local = self._read_local()
+        if self.exchange is None:
+            per_rank_metas = [[s.meta for s in local]]
+        else:
+            per_rank_metas = self.exchange.all_gather([s.meta for s in local])
+        metas = [m for rank in per_rank_metas for m in rank]
+        home = [r for r, rank in enumerate(per_rank_metas) for _ in rank]
+        offset = [sum(len(x) for x in per_rank_metas[:r]) for r in range(self.dp_size)]
+        if not metas:
+            raise DataError(
+                f"dataset {self.job.data.path} is exhausted after data.num_epochs={self.job.data.num_epochs}; "
+                "lower train.num_steps or raise data.num_epochs (null streams endlessly)"
+            )
+        pool = PoolArrays.from_metas(metas, self.cost)
+        cfg = self.job.packing
+        if cfg.prefer_home_rank:
+            ranks = plan_closed_window(pool, self.dp_size, cfg, home=home).ranks
+        else:
+            weight = [1.0 + float(sum(m.frames)) for m in metas]  # transfer size ~ frames
+            ranks = relabel_for_locality(plan_closed_window(pool, self.dp_size, cfg).ranks, home, weight)
+        ranks = swap_for_locality(ranks, home, pool, cfg)
 
-    def _plan(self, samples: list[TokenizedSample]) -> list[list[TokenizedSample]]:
-        planner = StreamingPlanner(self.job.packing, self.cost, num_ranks=1)
-        plan, metas, _ = planner.plan([s.meta for s in samples], flush=True)
-        by_key = {s.key: s for s in samples}
-        return [[by_key[metas[i].key] for i in row] for row in plan.ranks[0]]
+        mine = {i for row in ranks[self.dp_rank] for i in row}
+        by_index: dict[int, TokenizedSample] = {
+            offset[self.dp_rank] + j: s for j, s in enumerate(local) if offset[self.dp_rank] + j in mine
+        }
+        if self.exchange is not None:
+            outbox: dict[int, list[TokenizedSample]] = {}
+            for r, rank in enumerate(ranks):
+                if r != self.dp_rank:
+                    wanted = sorted(i for row in rank for i in row if home[i] == self.dp_rank)
+                    if wanted:
+                        outbox[r] = [local[i - offset[self.dp_rank]] for i in wanted]
+            expect = {home[i] for i in mine if home[i] != self.dp_rank}
+            for src, received in self.exchange.exchange(outbox, expect).items():
+                # the sender's order: its samples in my rows, by pool index
+                wanted = sorted(i for i in mine if home[i] == src)
+                if [s.key for s in received] != [metas[i].key for i in wanted]:
+                    raise RuntimeError(f"data-parallel rank {src} sent samples out of plan")
+                by_index.update(zip(wanted, received))
+        self.rows = [[by_index[i] for i in row] for row in ranks[self.dp_rank]]
+        self.consumed = 0
+        rank_cost = np.array([sum(float(pool.llm_cost[i] + pool.vit_cost[i]) for row in rank for i in row)
+                              for rank in ranks])
+        moved = sum(1 for r, rank in enumerate(ranks) for row in rank for i in row if home[i] != r)
+        self.window_stats = {
+            "planned_imbalance": float(rank_cost.max() / rank_cost.mean() - 1.0) if rank_cost.mean() > 0 else 0.0,
+            "moved_fraction": moved / len(metas),
+        }
 
     # -- trainer interface ------------------------------------------------------------------------
     def next_microbatches(self, step: int) -> list[MicroBatch]:
@@ -92,8 +170,7 @@ class PipelineSource:
                 continue
             row = self.rows[self.consumed]
             self.consumed += 1
-            self.keys_seen.extend(s.key for s in row)
-            out.append(collate_row(row, self.job.model))
+            out.append(collate_row(row, self.job.model) if row else padding_row(self.job.model))
         return out
 
     def state_dict(self) -> dict:
@@ -103,7 +180,7 @@ class PipelineSource:
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION or state.get("kind") != "pipeline":
             raise ValueError(f"not a pipeline data state (version {STATE_VERSION}): {state}")
-        if state["window_state"] is None:
+        if state["window_state"] is None:  # saved before the first window (same on every rank)
             return
         self._open(state["window_state"])
         self._next_window()

@@ -51,7 +51,7 @@ Metrics (`plan_metrics`), in modelled cost:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -166,9 +166,13 @@ def _deal(rows: list[list[int]], num_ranks: int) -> tuple[list[list[list[int]]],
 
 # ----------------------------------------------------------------------------------------------
 # Ours
-def plan_balanced(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, flush: bool = False) -> Plan:
+def plan_balanced(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, flush: bool = False,
+                  home: np.ndarray | None = None) -> Plan:
     """Ours (module docstring). `flush` (end of the stream): plan even if the pool is too small
-    to balance its largest sample."""
+    to balance its largest sample. `home` (the live loader): the rank already holding each
+    sample; rows are then bound to ranks up front (rank r owns rows r*M..r*M+M-1) and a sample
+    goes to a row of its home rank whenever one fits within the tolerance, so only the overflow
+    of ranks holding more than their share moves (small samples last, so mostly small ones)."""
     check_sizes(pool, cfg)
     n = len(pool)
     if n == 0:
@@ -210,10 +214,16 @@ def plan_balanced(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, flush: b
     row_of = np.full(n, -1, np.int64)
     norm_l, tok_l, vit_l, forced_l = norm.tolist(), tok.tolist(), vit.tolist(), forced.tolist()
     load0, load1 = load[:, 0], load[:, 1]
+    row_rank = np.arange(num_rows) // rows_per_rank
+    home_l = None if home is None else np.asarray(home).tolist()
     for i in order.tolist():
         a0, a1 = norm_l[i]
         ok = (row_tok <= bl - tok_l[i]) & (row_vit <= bv - vit_l[i])
         fit = ok & (load0 <= limit - a0) & (load1 <= limit - a1)
+        if home_l is not None:
+            at_home = fit & (row_rank == home_l[i])
+            if at_home.any():
+                fit = at_home
         if not fit.any():
             if not (forced_l[i] and ok.any()):
                 continue  # carried over
@@ -234,6 +244,10 @@ def plan_balanced(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, flush: b
     rows_idx: list[list[int]] = [[] for _ in range(num_rows)]
     for i in np.flatnonzero(row_of >= 0).tolist():
         rows_idx[row_of[i]].append(i)
+    if home is not None:  # rows stay on their ranks; each rank's rows by decreasing cost
+        ranks = [[rows_idx[r] for r in sorted(range(k * rows_per_rank, (k + 1) * rows_per_rank),
+                                                  key=lambda r: (-row_cost[r], r))] for k in range(num_ranks)]
+        return Plan("balanced", ranks, np.flatnonzero(row_of < 0).tolist())
     perm = rng.permutation(num_ranks)
     ranks: list[list[list[int]]] = [[] for _ in range(num_ranks)]
     for col in range(rows_per_rank):
@@ -360,6 +374,128 @@ def plan_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, patches_pe
     if algorithm == "knapsack":
         return plan_knapsack(pool, num_ranks, cfg, patches_per_frame)
     raise ValueError(f"packing.algorithm={algorithm!r} is not one of {list(ALGORITHMS)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Live training: whole windows, ranks relabelled for locality
+def plan_closed_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, home: list[int] | None = None) -> Plan:
+    """Balanced plan of one window that places every sample (nothing carried over).
+
+    The live loader plans each window whole, so a checkpoint needs only the stream position at
+    the window's start. Every sample counts as forced (it needs only the budgets; the balance
+    tolerance is preferred, not required); if one still fits no row, the window is re-planned
+    with one more row per rank. Trailing micro-batch columns left empty on every rank are dropped;
+    a row can still be empty on some ranks when the window has fewer samples than rows. `home`:
+    see `plan_balanced`.
+    """
+    if cfg.algorithm != "balanced":
+        raise ValueError(
+            f"packing.algorithm={cfg.algorithm!r}: training plans with the balanced planner; the other "
+            "algorithms are baselines for `stts-train bench packing`"
+        )
+    overdue = pool.take(np.arange(len(pool)))
+    overdue.age = np.full(len(pool), cfg.max_carry_windows, dtype=pool.age.dtype)
+    closed = cfg
+    home_arr = None if home is None else np.asarray(home, np.int64)
+    plan = plan_balanced(overdue, num_ranks, closed, flush=True, home=home_arr)
+    while plan.carried_over:
+        if plan.rows_per_rank * num_ranks >= len(pool):  # one sample per row always fits
+            raise AssertionError(f"planner could not place {len(plan.carried_over)} samples in {plan.rows_per_rank} rows")
+        closed = replace(closed, rows_per_rank=plan.rows_per_rank + 1)
+        plan = plan_balanced(overdue, num_ranks, closed, flush=True, home=home_arr)
+    columns = plan.rows_per_rank
+    while columns and all(not rank[columns - 1] for rank in plan.ranks):
+        columns -= 1
+    return Plan(plan.algorithm, [rank[:columns] for rank in plan.ranks], [])
+
+
+def relabel_for_locality(ranks: list[list[list[int]]], home: list[int], weight: list[float]) -> list[list[list[int]]]:
+    """Permute the plan's ranks so the most sample weight stays on the rank that already holds it.
+
+    Rank costs are what the planner balanced, and they are unchanged by a permutation, so this
+    only reduces what the loader has to move between ranks. `home[i]` is the rank holding pool
+    sample i, `weight[i]` its transfer size. An optimal assignment on the (plan rank, home rank)
+    weight matrix (Hungarian method); deterministic.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    num_ranks = len(ranks)
+    stays = np.zeros((num_ranks, num_ranks))
+    for p, rank in enumerate(ranks):
+        for row in rank:
+            for i in row:
+                stays[p, home[i]] += weight[i]
+    plan_rank, home_rank = linear_sum_assignment(stays, maximize=True)
+    target = [0] * num_ranks
+    for p, h in zip(plan_rank.tolist(), home_rank.tolist()):
+        target[p] = h
+    out: list[list[list[int]]] = [[] for _ in range(num_ranks)]
+    for p, h in enumerate(target):
+        out[h] = ranks[p]
+    return out
+
+
+def swap_for_locality(ranks: list[list[list[int]]], home: list[int], pool: PoolArrays,
+                      cfg: PackingConfig) -> list[list[list[int]]]:
+    """Swap pairs of near-equal samples between two ranks so both go back to the rank holding them.
+
+    A swap exchanges sample i (planned on rank A, held by B) with sample j (planned on B, held by
+    A) when both rows stay within the LLM token and ViT patch budgets and each rank's accumulated
+    change in modelled cost stays within `balance_tolerance` of the mean rank cost in each stage
+    (so the plan's imbalance grows by at most that much). Pairs of ranks in order, each sample
+    matched to the closest partner in cost; deterministic.
+    """
+    num_ranks = len(ranks)
+    out = [[list(row) for row in rank] for rank in ranks]
+    if num_ranks < 2:
+        return out
+    cost = np.stack([pool.llm_cost, pool.vit_cost], axis=1)
+    placed = [i for rank in out for row in rank for i in row]
+    scale = cost[placed].sum(axis=0) / num_ranks
+    scale[scale <= 0] = 1.0
+    allowed = cfg.balance_tolerance
+    drift = np.zeros((num_ranks, 2))  # per rank, change of its cost in units of `scale`
+    where: dict[int, tuple[int, int]] = {i: (r, k) for r, rank in enumerate(out) for k, row in enumerate(rank) for i in row}
+    row_tok = [[int(pool.llm_tokens[row].sum()) if row else 0 for row in rank] for rank in out]
+    row_vit = [[int(pool.vit_patches[row].sum()) if row else 0 for row in rank] for rank in out]
+    for a in range(num_ranks):
+        for b in range(a + 1, num_ranks):
+            xs = [i for row in out[a] for i in row if home[i] == b]
+            ys = [j for row in out[b] for j in row if home[j] == a]
+            if not xs or not ys:
+                continue
+            ys_arr = np.asarray(ys)
+            free = np.ones(len(ys), bool)
+            for i in sorted(xs, key=lambda i: (-cost[i].sum(), i)):
+                delta = (cost[ys_arr] - cost[i]) / scale  # change of rank a's cost if i <-> j
+                ok = free & (np.abs(drift[a] + delta) <= allowed).all(axis=1) & (np.abs(drift[b] - delta) <= allowed).all(axis=1)
+                _, ka = where[i]
+                for n, j in enumerate(ys):
+                    if not ok[n]:
+                        continue
+                    _, kb = where[j]
+                    dt = int(pool.llm_tokens[j]) - int(pool.llm_tokens[i])
+                    dv = int(pool.vit_patches[j]) - int(pool.vit_patches[i])
+                    ok[n] = (row_tok[a][ka] + dt <= cfg.max_llm_tokens and row_vit[a][ka] + dv <= cfg.max_vit_patches
+                             and row_tok[b][kb] - dt <= cfg.max_llm_tokens and row_vit[b][kb] - dv <= cfg.max_vit_patches)
+                if not ok.any():
+                    continue
+                n = int(np.where(ok, np.abs(delta).max(axis=1), np.inf).argmin())
+                j = ys[n]
+                _, kb = where[j]
+                dt = int(pool.llm_tokens[j]) - int(pool.llm_tokens[i])
+                dv = int(pool.vit_patches[j]) - int(pool.vit_patches[i])
+                out[a][ka] = sorted([x for x in out[a][ka] if x != i] + [j])
+                out[b][kb] = sorted([x for x in out[b][kb] if x != j] + [i])
+                row_tok[a][ka] += dt
+                row_vit[a][ka] += dv
+                row_tok[b][kb] -= dt
+                row_vit[b][kb] -= dv
+                drift[a] += delta[n]
+                drift[b] -= delta[n]
+                where[i], where[j] = (b, kb), (a, ka)
+                free[n] = False
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

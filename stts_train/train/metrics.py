@@ -111,8 +111,11 @@ class MetricsProcessor:
             with open(self.samples_path, "a") as f:
                 f.write(json.dumps({"step": step, "keys": gathered}) + "\n")
 
-    def step(self, step: int, result: Any, step_s: float, data_wait_s: float, num_samples: int) -> dict[str, float]:
-        """Aggregate this step's numbers over ranks (collective) and log them on rank 0."""
+    def step(self, step: int, result: Any, step_s: float, data_wait_s: float, num_samples: int,
+             data_stats: dict[str, float] | None = None) -> dict[str, float]:
+        """Aggregate this step's numbers over ranks (collective) and log them on rank 0.
+        `data_stats`: numbers the data source computed identically on every rank (its plan), logged
+        as `data/<name>`."""
         s = result.stats
         llm_tokens = s.get("llm_tokens", 0.0)
         vit_cost = s.get("vit_block_tokens", 0.0)
@@ -156,6 +159,8 @@ class MetricsProcessor:
         }
         for name, lr in result.lr.items():
             metrics[f"lr/{name}"] = lr
+        for name, value in (data_stats or {}).items():
+            metrics[f"data/{name}"] = float(value)
         if self.rank0:
             self.wandb.log(metrics, step=step)
             if self.jsonl_path is not None:

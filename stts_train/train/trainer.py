@@ -80,7 +80,7 @@ def build_data_source(cfg: JobConfig, dims: ParallelDims, **kwargs: Any) -> Data
         )
     from stts_train.data.loader import PipelineSource
 
-    return PipelineSource(cfg, dims.dp_rank, dims.dp)
+    return PipelineSource(cfg, dims.dp_rank, dims.dp, group=dims.dp_group)
 
 
 class Trainer:
@@ -248,7 +248,8 @@ class Trainer:
                 self.samples_seen += int(self._sum_dp(num_samples))
                 step_s = time.perf_counter() - t0
                 self.metrics.log_samples(self.step, [k for mb in mbs for k in mb.sample_keys])
-                self.metrics.step(self.step, result, step_s, data_wait, num_samples)
+                self.metrics.step(self.step, result, step_s, data_wait, num_samples,
+                                  getattr(self.data, "window_stats", None))
                 faults.maybe_kill_after_step(self.step)
                 stopping = self.stop.should_stop(device=self.device)
                 if stopping or self.step % max(1, cfg.checkpoint.every) == 0:

@@ -55,6 +55,57 @@ def test_loader_rows_respect_budgets_and_resume_exactly(shards):
     assert torch.isfinite(out.loss)
 
 
+def _two_rank_epoch(path: str) -> dict:
+    """Runs on each of 2 gloo ranks: one epoch through the loader, then a resume from step 1."""
+    import torch.distributed as dist
+
+    from stts_train.errors import DataError
+
+    rank = dist.get_rank()
+    job = demo_job(path, "data.num_epochs=1", "packing.window_size=2", "train.micro_batches_per_step=1")
+    src = PipelineSource(job, rank, 2)
+    steps, stats, state_after_1 = [], [], None
+    try:
+        while True:
+            mbs = src.next_microbatches(len(steps))
+            steps.append([(list(mb.sample_keys), mb.num_samples) for mb in mbs])
+            stats.append(dict(src.window_stats))
+            if len(steps) == 1:
+                state_after_1 = src.state_dict()
+    except DataError as e:
+        exhausted = str(e)
+    src.close()
+    resumed = PipelineSource(job, rank, 2)
+    resumed.load_state_dict(state_after_1)
+    replay = [[(list(mb.sample_keys), mb.num_samples) for mb in resumed.next_microbatches(1 + i)]
+              for i in range(min(2, len(steps) - 1))]
+    resumed.close()
+    return {"steps": steps, "stats": stats, "replay": replay, "exhausted": exhausted}
+
+
+def test_two_ranks_plan_globally_and_exchange_samples(shards):
+    """2 ranks decode their own shares, plan the union (balanced) and swap samples: over one epoch
+    every training sample is used exactly once, ranks stay in lockstep, resume replays exactly."""
+    import json
+
+    from stts_train.testing import run_distributed_test
+
+    out = run_distributed_test(_two_rank_epoch, 2, (str(shards / "train"),), timeout_s=600)
+    root = shards / "train"
+    manifest = json.loads((root / "manifest.json").read_text())
+    expected = [s["key"] for shard in manifest["shards"] for s in json.loads((root / shard["index"]).read_text())["samples"]]
+    assert len(expected) == manifest["num_samples"] >= 5
+    assert len(out[0]["steps"]) == len(out[1]["steps"]) > 1  # lockstep, several steps
+    keys = [k for r in out for step in r["steps"] for keys, _ in step for k in keys]
+    assert sorted(keys) == sorted(expected) and len(set(keys)) == len(keys)
+    for r in out:
+        assert all(n == len(k) for step in r["steps"] for k, n in step)  # padding rows count no samples
+        assert r["replay"] == r["steps"][1:1 + len(r["replay"])]
+        assert "exhausted" in r["exhausted"] and "data.num_epochs" in r["exhausted"]
+    assert out[0]["stats"] == out[1]["stats"]  # one plan, computed identically on both ranks
+    assert all(0.0 <= s["moved_fraction"] <= 1.0 and s["planned_imbalance"] >= 0.0 for s in out[0]["stats"])
+
+
 def test_eval_scores_choices_and_evidence(shards):
     job = demo_job(shards / "eval")
     torch.manual_seed(0)
@@ -105,6 +156,7 @@ def test_train_streams_shards_from_s3(shards, tmp_path, moto_url, s3_bucket):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2] and all(r["pruner/keep_ratio"] == 0.5 for r in steps)
+    assert all(0.0 <= r["data/moved_fraction"] <= 1.0 and r["data/planned_imbalance"] < 0.5 for r in steps)
     def flat(x):
         return [k for item in x for k in flat(item)] if isinstance(x, list) else [x]
 
