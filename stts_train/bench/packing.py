@@ -13,6 +13,9 @@ For every algorithm and setting the JSON holds padding_waste_llm, padding_waste_
 imbalance_mean, imbalance_p95, carried_over (mean samples carried per window; never dropped),
 planner_ms (mean and p95 per window, planning only; per-sample length/cost lookup happens once at
 ingest and is reported as ingest_ms) plus fill and rows. Definitions: `stts_train.data.planner`.
+`live` holds the training loader's own plan (closed windows over all ranks' samples, with and
+without keeping samples on the rank that decoded them) with the fraction of samples and ViT
+patches it moves between ranks.
 Module-level imports are stdlib only (the CLI imports this module to register it).
 """
 
@@ -40,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dp", default=",".join(map(str, DP_SIZES)), help="comma-separated data-parallel sizes")
     parser.add_argument("--keep", default=",".join(map(str, KEEP_RATIOS)), help="comma-separated keep ratios")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--live-window", type=int, default=64,
+                        help="live loader: decoded samples per rank per window (packing.window_size)")
+    parser.add_argument("--live-windows", type=int, default=8, help="live loader: windows per setting")
 
 
 def generate_trace(num_samples: int, seed: int, start: int = 0):
@@ -142,6 +148,55 @@ def run_setting(algorithm: str, keep: float, dp: int, args: argparse.Namespace) 
     }
 
 
+def run_live_setting(keep: float, dp: int, args: argparse.Namespace, prefer_home: bool) -> dict:
+    """The live loader's plan (`stts_train.data.loader`): every rank holds `--live-window` decoded
+    samples, the union is planned whole (nothing carried), and samples stay on their rank where the
+    balance allows (`prefer_home`) or placement ignores where they are (then ranks are relabelled)."""
+    import numpy as np
+
+    from stts_train.config.model import ModelConfig, SttsConfig
+    from stts_train.config.packing import PackingConfig
+    from stts_train.data.cost import CostModel
+    from stts_train.data.planner import (
+        Plan, PoolArrays, plan_closed_window, plan_metrics, relabel_for_locality, swap_for_locality,
+    )
+
+    cost = CostModel(ModelConfig(stts=SttsConfig(keep_ratio=keep)))
+    max_llm, max_vit = budgets_for(keep)
+    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit, seed=args.seed)
+    per_rank = args.live_window
+    n = per_rank * dp
+    home = [i // per_rank for i in range(n)]
+    rows, ms, moved, moved_vit = [], [], [], []
+    for w in range(args.live_windows):
+        metas = generate_trace(n, args.seed + 2, w * n)
+        pool = PoolArrays.from_metas(metas, cost)
+        t0 = time.perf_counter()
+        if prefer_home:
+            ranks = plan_closed_window(pool, dp, cfg, home=home).ranks
+        else:
+            weight = [1.0 + float(sum(m.frames)) for m in metas]
+            ranks = relabel_for_locality(plan_closed_window(pool, dp, cfg).ranks, home, weight)
+        ranks = swap_for_locality(ranks, home, pool, cfg)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        away = [i for r, rank in enumerate(ranks) for row in rank for i in row if home[i] != r]
+        moved.append(len(away) / n)
+        moved_vit.append(float(pool.vit_patches[away].sum() / pool.vit_patches.sum()))
+        rows.append(plan_metrics(Plan("balanced", ranks, []), pool, cost, cfg))
+    return {
+        "mode": "prefer_home_rank" if prefer_home else "balance_first", "keep_ratio": keep, "dp": dp,
+        "samples_per_rank": per_rank, "windows": args.live_windows,
+        "padding_waste_llm": float(np.mean([m["padding_waste_llm"] for m in rows])),
+        "padding_waste_vit": float(np.mean([m["padding_waste_vit"] for m in rows])),
+        "imbalance_mean": float(np.mean([m["imbalance"] for m in rows])),
+        "imbalance_p95": float(np.percentile([m["imbalance"] for m in rows], 95)),
+        "moved_samples": float(np.mean(moved)),
+        "moved_vit_patches": float(np.mean(moved_vit)),
+        "carried_over": 0.0,
+        "planner_ms": float(np.mean(ms)),
+    }
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -186,6 +241,16 @@ def run(args: argparse.Namespace) -> int:
                       f"{r['padding_waste_vit']:.4f} imbalance mean {r['imbalance_mean']:.4f} p95 "
                       f"{r['imbalance_p95']:.4f} carried {r['carried_over']:.1f} plan {r['planner_ms']:.1f} ms",
                       flush=True)
+    live = []
+    for keep in keeps:
+        for dp in dps:
+            for prefer_home in (True, False):
+                r = run_live_setting(keep, dp, args, prefer_home)
+                live.append(r)
+                print(f"keep={keep} dp={dp:>3} live {r['mode']:>16}: waste llm {r['padding_waste_llm']:.4f} vit "
+                      f"{r['padding_waste_vit']:.4f} imbalance p95 {r['imbalance_p95']:.4f} moved samples "
+                      f"{r['moved_samples']:.3f} vit patches {r['moved_vit_patches']:.3f} plan {r['planner_ms']:.1f} ms",
+                      flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -210,6 +275,16 @@ def run(args: argparse.Namespace) -> int:
             "windows_with_rows": "windows that emitted a step (waste and imbalance are over these)",
         },
         "results": results,
+        "live": live,
+        "live_definitions": {
+            "what": "the training loader's plan: each rank holds samples_per_rank decoded samples, the union "
+                    "is planned whole (nothing carried, so a checkpoint needs only the window start)",
+            "prefer_home_rank": "a sample stays on the rank holding it when a row there fits it within the "
+                                "balance tolerance (packing.prefer_home_rank, the default)",
+            "balance_first": "placement ignores where samples are; ranks are then relabelled for locality",
+            "moved_samples / moved_vit_patches": "fraction of samples / of ViT patches sent to another rank",
+            "planner_ms": "plan + locality steps for the whole window (all ranks' samples), mean",
+        },
     }
     out.write_text(json.dumps(doc, indent=1))
     if not args.no_plot:

@@ -112,46 +112,19 @@ class PipelineSource:
             self._open(None)
         self.window_state = copy.deepcopy(self.stream.state_dict())
         local = self._read_local()
-        if self.exchange is None:
-            per_rank_metas = [[s.meta for s in local]]
-        else:
-            per_rank_metas = self.exchange.all_gather([s.meta for s in local])
+        local_metas = [s.meta for s in local]
+        per_rank_metas = [local_metas] if self.exchange is None else self.exchange.all_gather(local_metas)
         metas = [m for rank in per_rank_metas for m in rank]
         home = [r for r, rank in enumerate(per_rank_metas) for _ in rank]
-        offset = [sum(len(x) for x in per_rank_metas[:r]) for r in range(self.dp_size)]
         if not metas:
             raise DataError(
                 f"dataset {self.job.data.path} is exhausted after data.num_epochs={self.job.data.num_epochs}; "
                 "lower train.num_steps or raise data.num_epochs (null streams endlessly)"
             )
         pool = PoolArrays.from_metas(metas, self.cost)
-        cfg = self.job.packing
-        if cfg.prefer_home_rank:
-            ranks = plan_closed_window(pool, self.dp_size, cfg, home=home).ranks
-        else:
-            weight = [1.0 + float(sum(m.frames)) for m in metas]  # transfer size ~ frames
-            ranks = relabel_for_locality(plan_closed_window(pool, self.dp_size, cfg).ranks, home, weight)
-        ranks = swap_for_locality(ranks, home, pool, cfg)
-
-        mine = {i for row in ranks[self.dp_rank] for i in row}
-        by_index: dict[int, TokenizedSample] = {
-            offset[self.dp_rank] + j: s for j, s in enumerate(local) if offset[self.dp_rank] + j in mine
-        }
-        if self.exchange is not None:
-            outbox: dict[int, list[TokenizedSample]] = {}
-            for r, rank in enumerate(ranks):
-                if r != self.dp_rank:
-                    wanted = sorted(i for row in rank for i in row if home[i] == self.dp_rank)
-                    if wanted:
-                        outbox[r] = [local[i - offset[self.dp_rank]] for i in wanted]
-            expect = {home[i] for i in mine if home[i] != self.dp_rank}
-            for src, received in self.exchange.exchange(outbox, expect).items():
-                # the sender's order: its samples in my rows, by pool index
-                wanted = sorted(i for i in mine if home[i] == src)
-                if [s.key for s in received] != [metas[i].key for i in wanted]:
-                    raise RuntimeError(f"data-parallel rank {src} sent samples out of plan")
-                by_index.update(zip(wanted, received))
-        self.rows = [[by_index[i] for i in row] for row in ranks[self.dp_rank]]
+        ranks = self._assign(pool, metas, home)
+        first = sum(len(rank) for rank in per_rank_metas[:self.dp_rank])  # pool index of local[0]
+        self.rows = self._collect_rows(ranks, {first + j: s for j, s in enumerate(local)}, metas, home)
         self.consumed = 0
         rank_cost = np.array([sum(float(pool.llm_cost[i] + pool.vit_cost[i]) for row in rank for i in row)
                               for rank in ranks])
@@ -160,6 +133,35 @@ class PipelineSource:
             "planned_imbalance": float(rank_cost.max() / rank_cost.mean() - 1.0) if rank_cost.mean() > 0 else 0.0,
             "moved_fraction": moved / len(metas),
         }
+
+    def _assign(self, pool: PoolArrays, metas: list, home: list[int]) -> list[list[list[int]]]:
+        """Per rank, its rows as pool indices (the same on every rank)."""
+        cfg = self.job.packing
+        if cfg.prefer_home_rank:
+            ranks = plan_closed_window(pool, self.dp_size, cfg, home=home).ranks
+        else:
+            weight = [1.0 + float(sum(m.frames)) for m in metas]  # transfer size ~ frames
+            ranks = relabel_for_locality(plan_closed_window(pool, self.dp_size, cfg).ranks, home, weight)
+        return swap_for_locality(ranks, home, pool, cfg)
+
+    def _collect_rows(self, ranks: list[list[list[int]]], held: dict[int, TokenizedSample], metas: list,
+                      home: list[int]) -> list[list[TokenizedSample]]:
+        """Send the samples this rank holds to the ranks planned for them; receive this rank's."""
+        mine = {i for row in ranks[self.dp_rank] for i in row}
+        have = {i: s for i, s in held.items() if i in mine}
+        if self.exchange is not None:
+            # per destination, by pool index (the receiver derives the same order)
+            outbox = {r: [held[i] for i in sorted(i for row in rank for i in row if i in held)]
+                      for r, rank in enumerate(ranks) if r != self.dp_rank}
+            for src, received in self.exchange.exchange(outbox).items():
+                expected = sorted(i for i in mine if home[i] == src)
+                if [s.key for s in received] != [metas[i].key for i in expected]:
+                    raise RuntimeError(f"data-parallel rank {src} sent samples out of plan")
+                have.update(zip(expected, received))
+        missing = sorted(mine - have.keys())
+        if missing:
+            raise RuntimeError(f"data-parallel rank {self.dp_rank} did not receive planned samples {missing[:5]}")
+        return [[have[i] for i in row] for row in ranks[self.dp_rank]]
 
     # -- trainer interface ------------------------------------------------------------------------
     def next_microbatches(self, step: int) -> list[MicroBatch]:
