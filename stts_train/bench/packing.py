@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     dps = [int(x) for x in str(args.dp).split(",")]
     keeps = [float(x) for x in str(args.keep).split(",")]
-    results = []
+    results, live = [], []
     for keep in keeps:
         for dp in dps:
             for algo in algorithms:
@@ -241,16 +241,12 @@ def run(args: argparse.Namespace) -> int:
                       f"{r['padding_waste_vit']:.4f} imbalance mean {r['imbalance_mean']:.4f} p95 "
                       f"{r['imbalance_p95']:.4f} carried {r['carried_over']:.1f} plan {r['planner_ms']:.1f} ms",
                       flush=True)
-    live = []
-    for keep in keeps:
-        for dp in dps:
             for prefer_home in (True, False):
                 r = run_live_setting(keep, dp, args, prefer_home)
                 live.append(r)
-                print(f"keep={keep} dp={dp:>3} live {r['mode']:>16}: waste llm {r['padding_waste_llm']:.4f} vit "
-                      f"{r['padding_waste_vit']:.4f} imbalance p95 {r['imbalance_p95']:.4f} moved samples "
-                      f"{r['moved_samples']:.3f} vit patches {r['moved_vit_patches']:.3f} plan {r['planner_ms']:.1f} ms",
-                      flush=True)
+                print(f"    live {r['mode']}: waste llm {r['padding_waste_llm']:.4f} vit {r['padding_waste_vit']:.4f} "
+                      f"imbalance p95 {r['imbalance_p95']:.4f} moved samples {r['moved_samples']:.3f} "
+                      f"patches {r['moved_vit_patches']:.3f} plan {r['planner_ms']:.1f} ms", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
