@@ -171,8 +171,10 @@ def plan_balanced(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, flush: b
     """Ours (module docstring). `flush` (end of the stream): plan even if the pool is too small
     to balance its largest sample. `home` (the live loader): the rank already holding each
     sample; rows are then bound to ranks up front (rank r owns rows r*M..r*M+M-1) and a sample
-    goes to a row of its home rank whenever one fits within the tolerance, so only the overflow
-    of ranks holding more than their share moves (small samples last, so mostly small ones)."""
+    goes to a row of its home rank whenever one fits within the tolerance, so mostly the overflow
+    of ranks holding more than their share moves, and overflow beyond every tolerance goes to the
+    least-loaded rank. (Placing all home samples first moves fewer samples but measured 2x the
+    imbalance and waste: the overflow then arrives big-first at ranks already filled small.)"""
     check_sizes(pool, cfg)
     n = len(pool)
     if n == 0:
@@ -220,14 +222,21 @@ def plan_balanced(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, flush: b
         a0, a1 = norm_l[i]
         ok = (row_tok <= bl - tok_l[i]) & (row_vit <= bv - vit_l[i])
         fit = ok & (load0 <= limit - a0) & (load1 <= limit - a1)
-        if home_l is not None:
-            at_home = fit & (row_rank == home_l[i])
-            if at_home.any():
-                fit = at_home
+        if home_l is not None and (fit & (row_rank == home_l[i])).any():
+            fit &= row_rank == home_l[i]
         if not fit.any():
             if not (forced_l[i] and ok.any()):
                 continue  # carried over
             fit = ok
+            if home_l is not None:
+                # rows are bound to ranks, so overflow goes to the least-loaded rank that has room
+                # (the home rank on a tie), then to that rank's least-loaded row
+                per_rank = np.repeat((load0 * a0 + load1 * a1).reshape(num_ranks, rows_per_rank).sum(axis=1),
+                                     rows_per_rank)
+                per_rank[~ok] = np.inf
+                fit = ok & (per_rank <= per_rank.min() * (1 + 1e-12))
+                if (fit & (row_rank == home_l[i])).any():
+                    fit &= row_rank == home_l[i]
         score = load0 * a0 + load1 * a1
         score[~fit] = np.inf
         r = int(score.argmin())
@@ -377,7 +386,7 @@ def plan_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, patches_pe
 
 
 # ----------------------------------------------------------------------------------------------
-# Live training: whole windows, ranks relabelled for locality
+# Live training: whole windows, samples kept near the rank that decoded them
 def plan_closed_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, home: list[int] | None = None) -> Plan:
     """Balanced plan of one window that places every sample (nothing carried over).
 
@@ -426,11 +435,8 @@ def relabel_for_locality(ranks: list[list[list[int]]], home: list[int], weight: 
             for i in row:
                 stays[p, home[i]] += weight[i]
     plan_rank, home_rank = linear_sum_assignment(stays, maximize=True)
-    target = [0] * num_ranks
-    for p, h in zip(plan_rank.tolist(), home_rank.tolist()):
-        target[p] = h
     out: list[list[list[int]]] = [[] for _ in range(num_ranks)]
-    for p, h in enumerate(target):
+    for p, h in zip(plan_rank.tolist(), home_rank.tolist()):
         out[h] = ranks[p]
     return out
 
@@ -455,45 +461,40 @@ def swap_for_locality(ranks: list[list[list[int]]], home: list[int], pool: PoolA
     scale[scale <= 0] = 1.0
     allowed = cfg.balance_tolerance
     drift = np.zeros((num_ranks, 2))  # per rank, change of its cost in units of `scale`
-    where: dict[int, tuple[int, int]] = {i: (r, k) for r, rank in enumerate(out) for k, row in enumerate(rank) for i in row}
-    row_tok = [[int(pool.llm_tokens[row].sum()) if row else 0 for row in rank] for rank in out]
-    row_vit = [[int(pool.vit_patches[row].sum()) if row else 0 for row in rank] for rank in out]
+    row_of = {i: k for rank in out for k, row in enumerate(rank) for i in row}
+    row_tok = [np.array([int(pool.llm_tokens[row].sum()) for row in rank], np.int64) for rank in out]
+    row_vit = [np.array([int(pool.vit_patches[row].sum()) for row in rank], np.int64) for rank in out]
     for a in range(num_ranks):
         for b in range(a + 1, num_ranks):
             xs = [i for row in out[a] for i in row if home[i] == b]
-            ys = [j for row in out[b] for j in row if home[j] == a]
-            if not xs or not ys:
+            ys = np.asarray([j for row in out[b] for j in row if home[j] == a], np.int64)
+            if not xs or not ys.size:
                 continue
-            ys_arr = np.asarray(ys)
-            free = np.ones(len(ys), bool)
+            ys_row = np.asarray([row_of[j] for j in ys.tolist()], np.int64)
+            free = np.ones(ys.size, bool)
             for i in sorted(xs, key=lambda i: (-cost[i].sum(), i)):
-                delta = (cost[ys_arr] - cost[i]) / scale  # change of rank a's cost if i <-> j
-                ok = free & (np.abs(drift[a] + delta) <= allowed).all(axis=1) & (np.abs(drift[b] - delta) <= allowed).all(axis=1)
-                _, ka = where[i]
-                for n, j in enumerate(ys):
-                    if not ok[n]:
-                        continue
-                    _, kb = where[j]
-                    dt = int(pool.llm_tokens[j]) - int(pool.llm_tokens[i])
-                    dv = int(pool.vit_patches[j]) - int(pool.vit_patches[i])
-                    ok[n] = (row_tok[a][ka] + dt <= cfg.max_llm_tokens and row_vit[a][ka] + dv <= cfg.max_vit_patches
-                             and row_tok[b][kb] - dt <= cfg.max_llm_tokens and row_vit[b][kb] - dv <= cfg.max_vit_patches)
+                ka = row_of[i]
+                delta = (cost[ys] - cost[i]) / scale  # change of rank a's cost if i <-> j
+                d_tok = pool.llm_tokens[ys] - pool.llm_tokens[i]
+                d_vit = pool.vit_patches[ys] - pool.vit_patches[i]
+                ok = (free & (np.abs(drift[a] + delta) <= allowed).all(axis=1)
+                      & (np.abs(drift[b] - delta) <= allowed).all(axis=1)
+                      & (row_tok[a][ka] + d_tok <= cfg.max_llm_tokens) & (row_vit[a][ka] + d_vit <= cfg.max_vit_patches)
+                      & (row_tok[b][ys_row] - d_tok <= cfg.max_llm_tokens)
+                      & (row_vit[b][ys_row] - d_vit <= cfg.max_vit_patches))
                 if not ok.any():
                     continue
                 n = int(np.where(ok, np.abs(delta).max(axis=1), np.inf).argmin())
-                j = ys[n]
-                _, kb = where[j]
-                dt = int(pool.llm_tokens[j]) - int(pool.llm_tokens[i])
-                dv = int(pool.vit_patches[j]) - int(pool.vit_patches[i])
+                j, kb = int(ys[n]), int(ys_row[n])
                 out[a][ka] = sorted([x for x in out[a][ka] if x != i] + [j])
                 out[b][kb] = sorted([x for x in out[b][kb] if x != j] + [i])
-                row_tok[a][ka] += dt
-                row_vit[a][ka] += dv
-                row_tok[b][kb] -= dt
-                row_vit[b][kb] -= dv
+                row_tok[a][ka] += d_tok[n]
+                row_vit[a][ka] += d_vit[n]
+                row_tok[b][kb] -= d_tok[n]
+                row_vit[b][kb] -= d_vit[n]
                 drift[a] += delta[n]
                 drift[b] -= delta[n]
-                where[i], where[j] = (b, kb), (a, ka)
+                row_of[i], row_of[j] = kb, ka
                 free[n] = False
     return out
 
