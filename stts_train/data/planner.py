@@ -388,7 +388,8 @@ def plan_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, patches_pe
 # ----------------------------------------------------------------------------------------------
 # Live training: whole windows, samples kept near the rank that decoded them
 def plan_closed_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, home: list[int] | None = None) -> Plan:
-    """Balanced plan of one window that places every sample (nothing carried over).
+    """Balanced plan of one window that places every sample (nothing carried over); always the
+    balanced planner, whatever `cfg.algorithm` says.
 
     The live loader plans each window whole, so a checkpoint needs only the stream position at
     the window's start. Every sample counts as forced (it needs only the budgets; the balance
@@ -397,11 +398,6 @@ def plan_closed_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, hom
     a row can still be empty on some ranks when the window has fewer samples than rows. `home`:
     see `plan_balanced`.
     """
-    if cfg.algorithm != "balanced":
-        raise ValueError(
-            f"packing.algorithm={cfg.algorithm!r}: training plans with the balanced planner; the other "
-            "algorithms are baselines for `stts-train bench packing`"
-        )
     overdue = pool.take(np.arange(len(pool)))
     overdue.age = np.full(len(pool), cfg.max_carry_windows, dtype=pool.age.dtype)
     closed = cfg

@@ -45,10 +45,6 @@ class DemoPlan:
                         speed_frames=(16, 32, 64), training_free=("visionzip", "fastvid", "holitom", "random"))
 
 
-# Fine-tuning (both arms) uses a smaller learning rate than training from scratch, and the STTS
-# scorer its own small one: at higher rates its sigmoid saturates through the soft-bias rescale.
-FINETUNE = ["optim.vit.lr=5e-4", "optim.connector.lr=5e-4", "optim.llm.lr=5e-4", "optim.scorer.lr=1e-4"]
-
 
 def log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -151,7 +147,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
         base_hf = runs / "base_hf"
         subprocess.run(cli("export", str(base_dir), str(base_hf)), check=True)
         arm = data + [f"model.hf_checkpoint={base_hf}", f"train.num_steps={plan.steps}",
-                      f"checkpoint.every={plan.checkpoint_every}", *FINETUNE]
+                      f"checkpoint.every={plan.checkpoint_every}"]
         kill_at = plan.steps // 2
         log(f"4/7 fine-tuning with STTS (keep 0.5) from the base; SIGKILL after the checkpoint at step >= {kill_at}")
         cmd = train_command(config, stts_dir, arm)

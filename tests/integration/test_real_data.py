@@ -55,15 +55,15 @@ def test_loader_rows_respect_budgets_and_resume_exactly(shards):
     assert torch.isfinite(out.loss)
 
 
-def _two_rank_epoch(path: str) -> dict:
-    """Runs on each of 2 gloo ranks: one epoch through the loader, then a resume from step 1."""
+def _one_epoch(path: str) -> dict:
+    """Runs on every gloo rank: one epoch through the loader, then a resume from step 1."""
     import torch.distributed as dist
 
     from stts_train.errors import DataError
 
-    rank = dist.get_rank()
+    rank, world = dist.get_rank(), dist.get_world_size()
     job = demo_job(path, "data.num_epochs=1", "packing.window_size=2", "train.micro_batches_per_step=1")
-    src = PipelineSource(job, rank, 2)
+    src = PipelineSource(job, rank, world)
     steps, stats, state_after_1 = [], [], None
     try:
         while True:
@@ -75,7 +75,7 @@ def _two_rank_epoch(path: str) -> dict:
     except DataError as e:
         exhausted = str(e)
     src.close()
-    resumed = PipelineSource(job, rank, 2)
+    resumed = PipelineSource(job, rank, world)
     resumed.load_state_dict(state_after_1)
     replay = [[(list(mb.sample_keys), mb.num_samples) for mb in resumed.next_microbatches(1 + i)]
               for i in range(min(2, len(steps) - 1))]
@@ -83,26 +83,27 @@ def _two_rank_epoch(path: str) -> dict:
     return {"steps": steps, "stats": stats, "replay": replay, "exhausted": exhausted}
 
 
-def test_two_ranks_plan_globally_and_exchange_samples(shards):
-    """2 ranks decode their own shares, plan the union (balanced) and swap samples: over one epoch
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_ranks_plan_globally_and_exchange_samples(shards, ranks):
+    """Ranks decode their own shares, plan the union (balanced) and swap samples: over one epoch
     every training sample is used exactly once, ranks stay in lockstep, resume replays exactly."""
     import json
 
     from stts_train.testing import run_distributed_test
 
-    out = run_distributed_test(_two_rank_epoch, 2, (str(shards / "train"),), timeout_s=600)
+    out = run_distributed_test(_one_epoch, ranks, (str(shards / "train"),), timeout_s=600)
     root = shards / "train"
     manifest = json.loads((root / "manifest.json").read_text())
     expected = [s["key"] for shard in manifest["shards"] for s in json.loads((root / shard["index"]).read_text())["samples"]]
     assert len(expected) == manifest["num_samples"] >= 5
-    assert len(out[0]["steps"]) == len(out[1]["steps"]) > 1  # lockstep, several steps
+    assert len({len(r["steps"]) for r in out}) == 1 and len(out[0]["steps"]) > 1  # lockstep, several steps
     keys = [k for r in out for step in r["steps"] for keys, _ in step for k in keys]
     assert sorted(keys) == sorted(expected) and len(set(keys)) == len(keys)
     for r in out:
         assert all(n == len(k) for step in r["steps"] for k, n in step)  # padding rows count no samples
         assert r["replay"] == r["steps"][1:1 + len(r["replay"])]
         assert "exhausted" in r["exhausted"] and "data.num_epochs" in r["exhausted"]
-    assert out[0]["stats"] == out[1]["stats"]  # one plan, computed identically on both ranks
+    assert all(r["stats"] == out[0]["stats"] for r in out)  # one plan, computed identically on every rank
     assert all(0.0 <= s["moved_fraction"] <= 1.0 and s["planned_imbalance"] >= 0.0 for s in out[0]["stats"])
 
 

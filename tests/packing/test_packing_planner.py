@@ -189,9 +189,14 @@ def test_closed_window_keeps_balance_on_a_realistic_trace():
         assert moved <= 0.15 * int(pool.vit_patches.sum())
 
 
-def test_closed_window_rejects_baseline_algorithms():
-    with pytest.raises(ValueError, match="bench packing"):
-        plan_closed_window(PoolArrays.from_metas([], COST), 2, packing_cfg(algorithm="ffd"))
+def test_training_loader_rejects_baseline_algorithms():
+    from stts_train.config import load_config
+    from stts_train.data.loader import PipelineSource
+    from stts_train.errors import ConfigError
+
+    job = load_config("configs/tiny_cpu.yaml", ["packing.algorithm=ffd"])
+    with pytest.raises(ConfigError, match="packing.algorithm=.*bench packing"):
+        PipelineSource(job, 0, 1)
 
 
 @settings(max_examples=60, deadline=None)
