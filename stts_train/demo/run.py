@@ -37,7 +37,7 @@ class DemoPlan:
     training_free: tuple[str, ...]
 
     @staticmethod
-    def make(quick: bool) -> "DemoPlan":
+    def make(quick: bool) -> DemoPlan:
         if quick:
             return DemoPlan(num_clips=48, base_steps=8, steps=12, checkpoint_every=4, eval_questions=16,
                             speed_frames=(16,), training_free=("visionzip", "random"))
@@ -254,8 +254,8 @@ def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resume
                  replay_exact, replay_keys, store, started, model_overrides) -> Path:
     import numpy as np
 
-    from stts_train.demo import report
     from stts_train.config import load_config
+    from stts_train.demo import report
 
     job = load_config(REPO_CONFIGS / "demo.yaml", model_overrides)
     stts_rows = [r for r in read_jsonl(stts_dir / "metrics.jsonl") if "train/loss" in r]
