@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from stts_train.commands.status import add_job_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cancel", help="cancel a submitted job (Slurm or Ray)", description=__doc__)
-    p.add_argument("job", help="Slurm job id, or Ray submission id")
-    p.add_argument(
-        "--cluster",
-        choices=("slurm", "ray"),
-        default=None,
-        help="default: ray when --address is given or the id is not numeric, else slurm",
-    )
-    p.add_argument("--address", help="Ray Jobs API address, e.g. http://127.0.0.1:8265")
+    add_job_arguments(p)
     p.add_argument(
         "--signal",
         help="Slurm only: send this signal (e.g. USR1) to the batch shell "

@@ -10,6 +10,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "status", help="show a submitted job's state (Slurm or Ray)", description=__doc__
     )
+    add_job_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """JOB, --cluster and --address, shared by `status` and `cancel` (see `backend`)."""
     p.add_argument("job", help="Slurm job id, or Ray submission id")
     p.add_argument(
         "--cluster",
@@ -18,8 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="default: ray when --address is given or the id is not numeric, else slurm",
     )
     p.add_argument("--address", help="Ray Jobs API address, e.g. http://127.0.0.1:8265")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
 
 
 def backend(args: argparse.Namespace) -> str:
