@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from stts_train.commands.status import add_job_arguments
-
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from stts_train.commands.status import (
+        add_job_arguments,  # stdlib-only module, see test_layering
+    )
+
     p = sub.add_parser("cancel", help="cancel a submitted job (Slurm or Ray)", description=__doc__)
     add_job_arguments(p)
     p.add_argument(
