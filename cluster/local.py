@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cluster.naming import run_name
+from stts_train.train.naming import RUN_NAME_ENV, run_name
 
 
 def command(
@@ -24,7 +24,7 @@ def command(
 def environment(cfg: Any, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.update(cfg.cluster.env)
-    env.setdefault("STTS_RUN_NAME", run_name(cfg.name, job_id="local"))
+    env.setdefault(RUN_NAME_ENV, run_name(cfg.name, job_id="local"))
     # A launcher from an outer job would make the entry point join that job's process group.
     for key in (
         "RANK",

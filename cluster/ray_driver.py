@@ -28,11 +28,9 @@ class RankWorker:
         return ray.util.get_node_ip_address()
 
     def free_port(self) -> int:
-        import socket
+        from stts_train.parallel.launch import free_port
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return int(s.getsockname()[1])
+        return free_port("")  # every interface: the other ranks connect from their nodes
 
     def run(self, argv: list[str], env: dict[str, str], config_name: str, config_yaml: str) -> int:
         import subprocess

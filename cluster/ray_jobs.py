@@ -22,8 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cluster.naming import git_sha7, run_name
 from stts_train.errors import STTSError
+from stts_train.train.naming import RUN_NAME_ENV, git_sha7, run_name
 
 DRIVER_ENTRYPOINT = "python -m cluster.ray_driver"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -82,7 +82,7 @@ def build_spec(
     env = {**cfg.cluster.env, **r.env}
     # The uploaded working dir has no .git, so the commit is resolved here, on the submit side.
     env.setdefault("STTS_JOB_ID", job_tag)
-    env.setdefault("STTS_RUN_NAME", run_name(cfg.name, git_sha7(r.working_dir), job_tag))
+    env.setdefault(RUN_NAME_ENV, run_name(cfg.name, git_sha7(r.working_dir), job_tag))
     return {
         "argv": [*cfg.cluster.entry_argv, "{config}", *overrides],
         "config_name": cfg.name,

@@ -15,9 +15,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from cluster.naming import git_sha7, safe_name
 from stts_train.errors import STTSError
 from stts_train.train.exit_codes import EXIT_PREEMPTED
+from stts_train.train.naming import git_sha7, run_name_prefix, safe_name
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "train.sbatch"
 FINAL_STATES = {
@@ -124,7 +124,7 @@ def render_script(
         "exit_preempted": EXIT_PREEMPTED,
         "max_requeues": s.max_requeues,
         "master_port": master_port,
-        "run_name_prefix": f"{safe_name(cfg.name)}-{git_sha7(workdir)}",
+        "run_name_prefix": run_name_prefix(cfg.name, git_sha7(workdir)),
         "env_exports": "\n".join(f"export {k}={_q(v)}" for k, v in env.items()),
         "setup_lines": "\n".join(s.setup),
         "srun_args": "".join(f"{_q(a)} " for a in s.srun_args),

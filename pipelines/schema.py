@@ -32,6 +32,7 @@ import torch
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi", "m4v")
+# The values of stts_train.constants.Modality (pipelines imports nothing from stts_train).
 MODALITY_IMAGE = 1
 MODALITY_VIDEO = 2
 _KEY_RE = re.compile(r"[^A-Za-z0-9_-]+")

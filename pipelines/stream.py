@@ -196,7 +196,14 @@ def run_work_item(item: WorkItem, storage: Storage, spec: DecodeSpec, backend: s
 
 
 def combine_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge every rank's state into one that any new data-parallel size can resume from."""
+    """Merge every rank's state into one that any new data-parallel size can resume from.
+
+    The stream half of data-parallel resharding. Training does not call it yet: the loader pins
+    each rank's share of a planned window and refuses a new size
+    (`stts_train.data.loader.PipelineSource.can_reshard`). It is kept, with its property test
+    (no sample repeated or skipped over any chain of resizes), because the stream's state format
+    (`closed_phases`) exists for it; removing it would leave that part of `SyncStream` unreachable.
+    """
     if not states:
         raise DataError("combine_states needs the stream state of every data-parallel rank")
     base = states[0]

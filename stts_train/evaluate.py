@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import IGNORE_INDEX
 from stts_train.data.batch import MicroBatch
 from stts_train.data.collate import TokenizedSample
 from stts_train.data.template import tokenize_sample
@@ -161,7 +162,7 @@ class Evaluator:
         for _ in range(max_tokens):
             ts = tokenize_sample(sample, self.tokenizer, self.cfg, with_answer=False)
             ids = torch.cat([ts.input_ids, torch.tensor(generated, dtype=torch.long)])
-            ts.input_ids, ts.labels = ids, torch.full_like(ids, -100)
+            ts.input_ids, ts.labels = ids, torch.full_like(ids, IGNORE_INDEX)
             batch = single_batch(ts)
             with torch.no_grad():
                 out = self.model(batch, return_logits=True, keep_ratio=self.keep_ratio)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import queue as queue_mod
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -21,11 +20,7 @@ from typing import Any
 
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from stts_train.parallel.launch import free_port
 
 
 def _entry(

@@ -12,7 +12,8 @@ tokens (65536 at keep 1.0, where a 256-frame video alone needs ~24k) and 393216 
 For every algorithm and setting the JSON holds padding_waste_llm, padding_waste_vit,
 imbalance_mean, imbalance_p95, carried_over (mean samples carried per window; never dropped),
 planner_ms (mean and p95 per window, planning only; per-sample length/cost lookup happens once at
-ingest and is reported as ingest_ms) plus fill and rows. Definitions: `stts_train.data.planner`.
+ingest and is reported as ingest_ms) plus fill and rows. Algorithms and definitions:
+`stts_train.bench.planners`.
 `live` holds the training loader's own plan (closed windows over all ranks' samples, with and
 without keeping samples on the rank that decoded them) with the fraction of samples and ViT
 patches it moves between ranks.
@@ -27,10 +28,11 @@ import time
 from pathlib import Path
 
 from stts_train.bench.machine import machine_info
+from stts_train.constants import Modality
 
 KEEP_RATIOS = (1.0, 0.5, 0.3)
 DP_SIZES = (8, 64)
-MODALITY_MIX = ((2, 0.5), (1, 0.3), (0, 0.2))  # video, image, text-only
+MODALITY_MIX = ((Modality.VIDEO, 0.5), (Modality.IMAGE, 0.3), (Modality.TEXT, 0.2))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,7 @@ def generate_trace(num_samples: int, seed: int, start: int = 0):
     from stts_train.data.lengths import SampleMeta
 
     rng = np.random.default_rng([seed, start])
-    mods = np.array([m for m, _ in MODALITY_MIX])
+    mods = np.array([int(m) for m, _ in MODALITY_MIX])
     probs = np.array([p for _, p in MODALITY_MIX])
     modality = rng.choice(mods, size=num_samples, p=probs)
     frames = np.clip(np.round(np.exp(rng.normal(np.log(32), 0.9, num_samples))), 8, 256).astype(int)
@@ -65,12 +67,12 @@ def generate_trace(num_samples: int, seed: int, start: int = 0):
     for i in range(num_samples):
         m = int(modality[i])
         loss = max(1, int(text[i] * loss_frac[i]))
-        if m == 2:
+        if m == Modality.VIDEO:
             t = int(frames[i])
-            meta = SampleMeta(key=f"s{seed}-{start + i}", modalities=(2,), frames=(t,),
+            meta = SampleMeta(key=f"s{seed}-{start + i}", modalities=(m,), frames=(t,),
                               num_text_tokens=int(text[i]) + 5 * t, num_loss_tokens=loss)
-        elif m == 1:
-            meta = SampleMeta(key=f"s{seed}-{start + i}", modalities=(1,), frames=(1,),
+        elif m == Modality.IMAGE:
+            meta = SampleMeta(key=f"s{seed}-{start + i}", modalities=(m,), frames=(1,),
                               num_text_tokens=int(text[i]) + 11, num_loss_tokens=loss)
         else:
             meta = SampleMeta(key=f"s{seed}-{start + i}", num_text_tokens=int(text[i]), num_loss_tokens=loss)
@@ -87,17 +89,18 @@ def budgets_for(keep: float) -> tuple[int, int]:
 def run_setting(algorithm: str, keep: float, dp: int, args: argparse.Namespace) -> dict:
     import numpy as np
 
+    from stts_train.bench.planners import StreamingPlanner, plan_metrics, plan_window
     from stts_train.config.model import ModelConfig, SttsConfig
     from stts_train.config.packing import PackingConfig
     from stts_train.data.cost import CostModel
-    from stts_train.data.planner import PoolArrays, StreamingPlanner, plan_metrics, plan_window
+    from stts_train.data.planner import PoolArrays
 
     model_cfg = ModelConfig(stts=SttsConfig(keep_ratio=keep))
     cost = CostModel(model_cfg)
     max_llm, max_vit = budgets_for(keep)
-    cfg = PackingConfig(algorithm=algorithm, max_llm_tokens=max_llm, max_vit_patches=max_vit,
-                        window_size=args.window, seed=args.seed)
-    planner = StreamingPlanner(cfg, cost, dp)
+    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit, window_size=args.window,
+                        seed=args.seed)
+    planner = StreamingPlanner(cfg, cost, dp, algorithm)
     per_window, plan_ms, ingest_ms, carried, pool_sizes = [], [], [], [], []
     for w in range(args.windows):
         metas = generate_trace(args.window, args.seed, w * args.window)
@@ -118,7 +121,7 @@ def run_setting(algorithm: str, keep: float, dp: int, args: argparse.Namespace) 
     for w in range(3):
         arrays = PoolArrays.from_metas(generate_trace(512, args.seed + 1, w * 512), cost)
         t0 = time.perf_counter()
-        plan_window(arrays, dp, cfg, cost.geom.patches_per_frame, flush=True)
+        plan_window(arrays, dp, cfg, cost.geom.patches_per_frame, algorithm, flush=True)
         fresh_ms.append((time.perf_counter() - t0) * 1e3)
 
     def agg(key: str, fn) -> float:
@@ -154,16 +157,16 @@ def run_live_setting(keep: float, dp: int, args: argparse.Namespace, prefer_home
     balance allows (`prefer_home`) or placement ignores where they are (then ranks are relabelled)."""
     import numpy as np
 
+    from stts_train.bench.planners import plan_metrics
     from stts_train.config.model import ModelConfig, SttsConfig
     from stts_train.config.packing import PackingConfig
     from stts_train.data.cost import CostModel
-    from stts_train.data.planner import (
-        Plan, PoolArrays, plan_closed_window, plan_metrics, relabel_for_locality, swap_for_locality,
-    )
+    from stts_train.data.planner import Plan, PoolArrays, assign_window
 
     cost = CostModel(ModelConfig(stts=SttsConfig(keep_ratio=keep)))
     max_llm, max_vit = budgets_for(keep)
-    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit, seed=args.seed)
+    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit, seed=args.seed,
+                        prefer_home_rank=prefer_home)
     per_rank = args.live_window
     n = per_rank * dp
     home = [i // per_rank for i in range(n)]
@@ -172,12 +175,7 @@ def run_live_setting(keep: float, dp: int, args: argparse.Namespace, prefer_home
         metas = generate_trace(n, args.seed + 2, w * n)
         pool = PoolArrays.from_metas(metas, cost)
         t0 = time.perf_counter()
-        if prefer_home:
-            ranks = plan_closed_window(pool, dp, cfg, home=home).ranks
-        else:
-            weight = [1.0 + float(sum(m.frames)) for m in metas]
-            ranks = relabel_for_locality(plan_closed_window(pool, dp, cfg).ranks, home, weight)
-        ranks = swap_for_locality(ranks, home, pool, cfg)
+        ranks = assign_window(pool, home, dp, cfg)
         ms.append((time.perf_counter() - t0) * 1e3)
         away = [i for r, rank in enumerate(ranks) for row in rank for i in row if home[i] != r]
         moved.append(len(away) / n)

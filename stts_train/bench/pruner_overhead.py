@@ -24,31 +24,39 @@ MODEL_INTERNAL = {"stts"}
 
 def synthetic_video(
     num_frames: int,
-    n: int,
+    rows: int,
+    cols: int,
     dim: int,
-    key_dim: int = 72,
+    *,
     seed: int = 0,
-    keep_ratio: float | None = None,
+    static_fraction: float = 0.5,
+    motion: float = 0.02,
+    key_dim: int = 8,
+    global_dim: int | None = 12,
+    **kw,
 ) -> PrunerInput:
-    """One synthetic video at the pruning point (see the module docstring)."""
+    """One synthetic video at the pruning point (see the module docstring); also the pruner
+    tests' input.
+
+    A `static_fraction` share of the rows x cols positions moves by only `motion` (relative) from
+    frame to frame; attention values are distinct on the 1/729 scale. Global features are random
+    (`global_dim` values per frame) or, with `global_dim=None`, the frame's mean feature. `kw`
+    goes to `PrunerInput` (generator, keep_ratio, ...).
+    """
     g = torch.Generator().manual_seed(seed)
-    side = math.isqrt(n)
-    grid = Grid(side, n // side) if side * (n // side) == n else Grid(1, n)
+    n = rows * cols
     base_ND = torch.randn(n, dim, generator=g)
     moving_TND = torch.randn(num_frames, n, dim, generator=g)
-    static_N = torch.rand(n, generator=g) < 0.5
-    x_TND = torch.where(static_N[None, :, None], base_ND + 0.05 * moving_TND, moving_TND)
-    logits_TN = torch.randn(num_frames, n, generator=g)
-    attention_TN = torch.softmax(logits_TN, dim=-1) * (n / 729)
+    static_N = torch.rand(n, generator=g) < static_fraction
+    x_TND = torch.where(static_N[None, :, None], base_ND + motion * moving_TND, moving_TND)
+    attention_TN = torch.softmax(torch.randn(num_frames, n, generator=g), dim=-1) * (n / 729)
     keys_TNK = torch.randn(num_frames, n, key_dim, generator=g)
+    if global_dim is None:
+        global_TG = x_TND.mean(dim=1)
+    else:
+        global_TG = torch.randn(num_frames, global_dim, generator=g)
     return PrunerInput(
-        features_TND=x_TND,
-        attention_TN=attention_TN,
-        grid=grid,
-        keys_TNK=keys_TNK,
-        global_features_TG=x_TND.mean(dim=1),
-        generator=torch.Generator().manual_seed(seed + 1),
-        keep_ratio=keep_ratio,
+        x_TND, attention_TN, Grid(rows, cols), keys_TNK=keys_TNK, global_features_TG=global_TG, **kw
     )
 
 
@@ -65,12 +73,18 @@ def measure_pruner_overhead(
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
     names = names or [x for x in available_pruners() if x not in MODEL_INTERNAL]
+    side = math.isqrt(n)
+    rows = side if side * (n // side) == n else 1  # square-ish grid, else one row
     results: dict[str, float] = {}
     for name in names:
         pruner = get_pruner(name)
         times = []
         for i in range(warmup + repeats):
-            video = synthetic_video(num_frames, n, dim, seed=i, keep_ratio=keep_ratio)
+            video = synthetic_video(
+                num_frames, rows, n // rows, dim, seed=i, motion=0.05, key_dim=72,
+                global_dim=None, generator=torch.Generator().manual_seed(i + 1),
+                keep_ratio=keep_ratio,
+            )
             start = time.perf_counter()
             pruner(video)
             elapsed = time.perf_counter() - start

@@ -38,38 +38,15 @@ def build_batch(cfg, frames: int, text_tokens: int, samples: int, seed: int):
     """`samples` videos of `frames` frames with Molmo2's per-frame layout and a short answer."""
     import torch
 
-    from stts_train.data.batch import MicroBatch
-    from stts_train.data.lengths import SampleMeta
+    from stts_train.constants import Modality
+    from stts_train.data.builders import make_sample
+    from stts_train.data.collate import collate_row
 
     gen = torch.Generator().manual_seed(seed)
-    tok, g = cfg.tokens, cfg.groups_per_frame
-    vocab = cfg.llm.vocab_size
-    all_ids, all_labels, lengths, metas = [], [], [], []
     answer = max(1, text_tokens // 8)
-    for s in range(samples):
-        ids = torch.randint(2, vocab, (text_tokens - answer,), generator=gen).tolist()
-        for _ in range(frames):
-            ids += [3, tok.frame_start_id] + [tok.image_patch_id] * g + [tok.frame_end_id]
-        tail = torch.randint(2, vocab, (answer,), generator=gen).tolist()
-        ids += tail
-        labels = [-100] * (len(ids) - answer) + tail[1:] + [1]
-        all_ids += ids
-        all_labels += labels
-        lengths.append(len(ids))
-        metas.append(SampleMeta(key=f"bench-{s}", modalities=(2,), frames=(frames,),
-                                num_text_tokens=len(ids) - frames * g, num_loss_tokens=answer))
-    cu = torch.zeros(samples + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    batch = MicroBatch(
-        input_ids_S=torch.tensor(all_ids),
-        labels_S=torch.tensor(all_labels),
-        cu_seqlens_B1=cu,
-        pixels_FNC=torch.randn(samples * frames, cfg.vit.num_patches, cfg.vit.patch_dim, generator=gen),
-        item_frames_I=torch.full((samples,), frames, dtype=torch.long),
-        item_modality_I=torch.full((samples,), 2, dtype=torch.long),
-        item_sample_I=torch.arange(samples),
-    )
-    return batch, metas
+    items = [(Modality.VIDEO, frames)]
+    made = [make_sample(cfg, f"bench-{s}", items, text_tokens - answer, answer, gen) for s in range(samples)]
+    return collate_row(made, cfg), [s.meta for s in made]
 
 
 def _sync(device) -> None:

@@ -77,8 +77,6 @@ class TrainConfig:
     run_dir: str = ""
     """Run directory (checkpoints, metrics, resolved config); "" = runs/<config name>."""
     log_every: int = 1
-    model: str = "stts_train.models.vlm:Molmo2VLM"
-    """Model class 'module:Name' called as cls(model_cfg, factory)."""
     data_source: Literal["auto", "synthetic", "stream"] = "auto"
     """'synthetic' = deterministic random batches; 'stream' = data.path through the planner;
     'auto' = stream when data.path is set, else synthetic."""

@@ -1,8 +1,9 @@
-"""Packing config: token budgets per micro-batch and the planner (owned by issue 3).
+"""Packing config: token budgets per micro-batch and the balanced planner.
 
 The planner (`stts_train.data.planner`) turns a window of streamed samples into, for every
 data-parallel rank, the same number of packed rows (micro-batches). See that module for the
-algorithms and the metrics.
+algorithm. The benchmark's baselines and streaming mode take their knobs from
+`stts_train.bench.planners.PlannerOptions`, not from here.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ from stts_train.config.base import check
 
 @dataclass(kw_only=True)
 class PackingConfig:
-    algorithm: Literal["balanced", "pad_to_longest", "ffd", "knapsack"] = "balanced"
-    """balanced: samples assigned to rows/ranks by modelled cost (ours); the others are the
-    baselines measured by `stts-train bench packing`."""
     max_llm_tokens: int = 4096
     """LLM sequence budget of one micro-batch (post-pruning tokens)."""
     max_vit_patches: int = 65536
     """ViT patch budget of one micro-batch (all patches entering block 0)."""
     window_size: int = 64
-    """Samples the planner looks at at once (new samples; carried-over ones come on top)."""
+    """Samples each data-parallel rank reads per planner window (the window is all ranks'
+    samples, planned whole)."""
     oversize: Literal["error"] = "error"
     """What happens to a sample larger than a budget: `error` raises `DataError` naming the
     sample and the budget to raise. Truncation is the data pipeline's job (`data.max_frames`)."""
@@ -35,32 +34,16 @@ class PackingConfig:
     tighter budget (leaves room to balance)."""
     balance_tolerance: float = 0.002
     """Balanced planner: a row's modelled LLM and ViT cost may exceed the per-row target by this
-    fraction; samples that fit nowhere are carried over."""
+    fraction (a sample that fits no row within it goes where the budgets allow)."""
     target_scale: float = 0.995
     """Balanced planner: per-row targets are this fraction of (window cost / rows), so rows fill
-    to the target and the remainder is carried instead of leaving some rows short."""
-    largest_share: float = 1.0
-    """Balanced planner: the largest sample may take at most this share of a row's target (so the
-    rest of its row can still level the other stage); a smaller window waits for more samples."""
-    max_carry_windows: int = 2
-    """A sample carried over this many windows is placed first in the next one (never starved)."""
+    to the target and the remainder levels them last instead of leaving some rows short."""
     prefer_home_rank: bool = True
     """Live training (several data-parallel ranks): a sample stays on the rank that decoded it
     whenever a row there fits it within the balance tolerance, so only the overflow of ranks
     holding more than their share moves (`stts-train bench packing`, keep 0.5, DP 8 / 64: 7% / 9%
     of ViT patches moved instead of 72% / 85%, imbalance p95 1.1% instead of 0.4% / 0.5%).
     False: balance first, then relabel ranks and swap equal samples to save transfers."""
-    knapsack_buffer: int = 48
-    """Molmo2 knapsack baseline: examples in the solver buffer (Molmo2 SFT: 48)."""
-    knapsack_image_weight: float = 30.0
-    """Molmo2 knapsack baseline: objective weight of one frame vs one token (Molmo2 SFT: 30)."""
-    knapsack_token_steps: int = 512
-    """Molmo2 knapsack baseline: the LLM budget is quantised into this many steps."""
-    knapsack_frame_steps: int = 128
-    """Molmo2 knapsack baseline: the frame budget is quantised into at most this many steps
-    (Molmo2 counts a handful of crops; video frames need quantising to keep the solver fast)."""
-    pad_micro_batch_size: int = 0
-    """pad_to_longest baseline: samples per micro-batch; 0 = as many as fit when padded."""
     seed: int = 0
     """Tie-breaking and row-to-rank order of the planner (same seed, same plan)."""
 
@@ -74,12 +57,3 @@ class PackingConfig:
         check(0.0 <= self.balance_tolerance < 1.0,
               f"packing.balance_tolerance={self.balance_tolerance} must be in [0, 1)")
         check(0.5 <= self.target_scale <= 1.0, f"packing.target_scale={self.target_scale} must be in [0.5, 1]")
-        check(0.0 < self.largest_share <= 1.0, f"packing.largest_share={self.largest_share} must be in (0, 1]")
-        check(self.max_carry_windows >= 1, f"packing.max_carry_windows={self.max_carry_windows} must be >= 1")
-        check(self.knapsack_buffer > 0, f"packing.knapsack_buffer={self.knapsack_buffer} must be > 0")
-        check(self.knapsack_token_steps > 0,
-              f"packing.knapsack_token_steps={self.knapsack_token_steps} must be > 0")
-        check(self.knapsack_frame_steps > 0,
-              f"packing.knapsack_frame_steps={self.knapsack_frame_steps} must be > 0")
-        check(self.pad_micro_batch_size >= 0,
-              f"packing.pad_micro_batch_size={self.pad_micro_batch_size} must be >= 0 (0 = as many as fit)")

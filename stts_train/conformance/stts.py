@@ -25,9 +25,10 @@ from stts_train.config.model import (
     VitConfig,
 )
 from stts_train.conformance.common import Case, CaseResult, check_rule, discover_cases, load_case
+from stts_train.constants import Modality
 from stts_train.models.common.layers import LocalLayerFactory
 from stts_train.models.vit import VisionTransformer
-from stts_train.pruning.budget import MODALITY_VIDEO, exact_ratio
+from stts_train.pruning.budget import exact_ratio
 from stts_train.pruning.stts import (
     FrameLayout,
     TemporalTokenScorer,
@@ -64,7 +65,7 @@ def golden_layout(case: Case, num_groups: int = (GRID // POOL) ** 2) -> tuple[Fr
         for k in range(slots):
             n = max(int(num_images[b, k]), 0)
             budget = 0
-            if int(modality[b, k]) == MODALITY_VIDEO and n > 0:
+            if int(modality[b, k]) == Modality.VIDEO and n > 0:
                 budget = int(Fraction(num_groups * n) * rho // 1)
             budget_BK[b, k] = budget
             if n:

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import IGNORE_INDEX
 from stts_train.data.batch import MicroBatch
 from stts_train.data.lengths import SampleMeta
 from stts_train.errors import LayoutError
-
-IGNORE_INDEX = -100
 
 
 @dataclass

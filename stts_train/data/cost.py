@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import Modality
 from stts_train.data.lengths import Geometry, SampleMeta, kept_groups_per_item
-from stts_train.pruning.budget import MODALITY_VIDEO
 
 COMPONENTS = (
     "vit_linear", "vit_attention", "scorer", "connector", "llm_linear", "llm_attention", "lm_head",
@@ -127,7 +127,7 @@ class CostModel:
         for m, t, k in zip(meta.modalities, meta.frames, kept):
             patches = t * n
             out["vit_linear"] += patches * self.patch_embed
-            if m == MODALITY_VIDEO and self.stts_on:
+            if m == Modality.VIDEO and self.stts_on:
                 kept_patches = k * pool2
                 out["vit_linear"] += self.vit_block_linear * (
                     self.pre_blocks * patches + self.post_blocks * kept_patches

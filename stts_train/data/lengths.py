@@ -19,13 +19,9 @@ import functools
 from dataclasses import dataclass, field
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import Modality
 from stts_train.errors import DataError
-from stts_train.pruning.budget import (
-    MODALITY_IMAGE,
-    MODALITY_MULTI_IMAGE,
-    MODALITY_VIDEO,
-    kept_groups,
-)
+from stts_train.pruning.budget import kept_groups
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ class SampleMeta:
                 "counts; give one of each per visual item"
             )
         for m, t in zip(self.modalities, self.frames):
-            if m not in (MODALITY_IMAGE, MODALITY_VIDEO, MODALITY_MULTI_IMAGE):
+            if m not in (Modality.IMAGE, Modality.VIDEO, Modality.MULTI_IMAGE):
                 raise DataError(f"sample {self.key!r}: visual item modality {m} is not 1, 2 or 3")
             if t < 1:
                 raise DataError(f"sample {self.key!r}: a visual item needs >= 1 frame, found {t}")
@@ -92,7 +88,7 @@ class SampleMeta:
 
 @functools.lru_cache(maxsize=65536)
 def _item_kept_groups(groups: int, frames: int, modality: int, keep_ratio: float) -> int:
-    if modality != MODALITY_VIDEO or keep_ratio >= 1.0:
+    if modality != Modality.VIDEO or keep_ratio >= 1.0:
         return groups * frames
     return kept_groups(groups, frames, keep_ratio)
 
@@ -115,7 +111,7 @@ def vit_tokens_post(meta: SampleMeta, geom: Geometry) -> int:
     """Patches in ViT blocks after prune_at+1 (kept groups x pool^2; images unpruned)."""
     total = 0
     for m, t in zip(meta.modalities, meta.frames):
-        if m == MODALITY_VIDEO:
+        if m == Modality.VIDEO:
             total += item_kept_groups(geom, m, t) * geom.patches_per_group
         else:
             total += t * geom.patches_per_frame

@@ -29,9 +29,9 @@ from stts_train.data.batch import MicroBatch
 from stts_train.data.collate import TokenizedSample, collate_row, padding_row
 from stts_train.data.cost import CostModel
 from stts_train.data.exchange import SampleExchange
-from stts_train.data.planner import PoolArrays, plan_closed_window, relabel_for_locality, swap_for_locality
+from stts_train.data.planner import PoolArrays, assign_window
 from stts_train.data.template import tokenize_sample
-from stts_train.errors import ConfigError, DataError
+from stts_train.errors import DataError
 
 STATE_VERSION = 2
 
@@ -62,11 +62,6 @@ class PipelineSource:
     def __init__(self, job: JobConfig, dp_rank: int, dp_size: int, tokenizer=None, group=None) -> None:
         from stts_train.models.tokenizer import load_tokenizer
 
-        if job.packing.algorithm != "balanced":
-            raise ConfigError(
-                f"packing.algorithm={job.packing.algorithm!r}: training plans with the balanced planner; "
-                "the other algorithms are baselines for `stts-train bench packing`. Set packing.algorithm=balanced"
-            )
         self.job = job
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.exchange = SampleExchange(group, dp_rank, dp_size) if dp_size > 1 else None
@@ -122,7 +117,7 @@ class PipelineSource:
                 "lower train.num_steps or raise data.num_epochs (null streams endlessly)"
             )
         pool = PoolArrays.from_metas(metas, self.cost)
-        ranks = self._assign(pool, metas, home)
+        ranks = assign_window(pool, home, self.dp_size, self.job.packing)
         first = sum(len(rank) for rank in per_rank_metas[:self.dp_rank])  # pool index of local[0]
         self.rows = self._collect_rows(ranks, {first + j: s for j, s in enumerate(local)}, metas, home)
         self.consumed = 0
@@ -133,16 +128,6 @@ class PipelineSource:
             "planned_imbalance": float(rank_cost.max() / rank_cost.mean() - 1.0) if rank_cost.mean() > 0 else 0.0,
             "moved_fraction": moved / len(metas),
         }
-
-    def _assign(self, pool: PoolArrays, metas: list, home: list[int]) -> list[list[list[int]]]:
-        """Per rank, its rows as pool indices (the same on every rank)."""
-        cfg = self.job.packing
-        if cfg.prefer_home_rank:
-            ranks = plan_closed_window(pool, self.dp_size, cfg, home=home).ranks
-        else:
-            weight = [1.0 + float(sum(m.frames)) for m in metas]  # transfer size ~ frames
-            ranks = relabel_for_locality(plan_closed_window(pool, self.dp_size, cfg).ranks, home, weight)
-        return swap_for_locality(ranks, home, pool, cfg)
 
     def _collect_rows(self, ranks: list[list[list[int]]], held: dict[int, TokenizedSample], metas: list,
                       home: list[int]) -> list[list[TokenizedSample]]:

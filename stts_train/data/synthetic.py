@@ -19,8 +19,10 @@ import torch
 
 from stts_train.config.engine import SyntheticConfig
 from stts_train.config.model import ModelConfig
+from stts_train.constants import IGNORE_INDEX, Modality
 from stts_train.data.batch import MicroBatch
-from stts_train.pruning.budget import MODALITY_IMAGE, MODALITY_TEXT, MODALITY_VIDEO
+from stts_train.data.builders import sample_from_tokens
+from stts_train.data.collate import TokenizedSample, collate_row
 
 STATE_VERSION = 1
 
@@ -44,8 +46,8 @@ def _special_ids(model_cfg: ModelConfig) -> set[int]:
 def make_sample(
     model_cfg: ModelConfig, syn: SyntheticConfig, seed: int, index: int,
     spec: SampleSpec | None = None,
-) -> dict:
-    """One sample as plain tensors; identical for identical (seed, index, spec)."""
+) -> TokenizedSample:
+    """One sample; identical for identical (seed, index, spec)."""
     rng = np.random.default_rng([seed, index, 0x5775])
     specials = _special_ids(model_cfg)
     vocab = model_cfg.llm.vocab_size
@@ -55,8 +57,9 @@ def make_sample(
         return [i if i not in specials else (i + 1) % vocab for i in ids]
 
     if spec is None:
-        modality = int(rng.choice([MODALITY_VIDEO, MODALITY_IMAGE, MODALITY_TEXT], p=syn.modality_mix))
-        frames = int(rng.integers(2, syn.max_frames + 1)) if modality == MODALITY_VIDEO else 1
+        choices = [Modality.VIDEO, Modality.IMAGE, Modality.TEXT]
+        modality = int(rng.choice(choices, p=syn.modality_mix))
+        frames = int(rng.integers(2, syn.max_frames + 1)) if modality == Modality.VIDEO else 1
     else:
         modality, frames = spec.modality, spec.num_frames
     n_prompt = int(rng.integers(syn.min_text_tokens, syn.max_text_tokens + 1))
@@ -64,44 +67,20 @@ def make_sample(
     t = model_cfg.tokens
     ids: list[int] = text(n_prompt)
     G = model_cfg.groups_per_frame
-    pixels = torch.empty(0, model_cfg.vit.num_patches, model_cfg.vit.patch_dim)
-    if modality != MODALITY_TEXT:
-        start, end = (t.frame_start_id, t.frame_end_id) if modality == MODALITY_VIDEO else (
+    items, pixels = [], []
+    if modality != Modality.TEXT:
+        start, end = (t.frame_start_id, t.frame_end_id) if modality == Modality.VIDEO else (
             t.image_start_id, t.image_end_id)
         for _ in range(frames):
             ids += [start] + [t.image_patch_id] * G + [end]
         shape = (frames, model_cfg.vit.num_patches, model_cfg.vit.patch_dim)
-        pixels = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+        items.append((modality, frames))
+        pixels.append(torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)))
     answer_start = len(ids)
     ids += text(n_answer) + [t.eos_id]
-    ids_t = torch.tensor(ids, dtype=torch.int64)
-    labels = torch.full_like(ids_t, -100)
     # label[i] = token i+1, only where token i+1 is part of the answer
-    labels[answer_start - 1 : -1] = ids_t[answer_start:]
-    return dict(
-        input_ids=ids_t, labels=labels, pixels=pixels, frames=frames if modality else 0,
-        modality=modality, key=f"syn-{index}",
-    )
-
-
-def collate_samples(samples: list[dict]) -> MicroBatch:
-    """Pack whole samples back to back into one MicroBatch row."""
-    lengths = [s["input_ids"].numel() for s in samples]
-    cu = torch.zeros(len(samples) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    items = [(i, s) for i, s in enumerate(samples) if s["modality"] != MODALITY_TEXT]
-    pixels = [s["pixels"] for _, s in items]
-    patch_shape = samples[0]["pixels"].shape[1:]
-    return MicroBatch(
-        input_ids_S=torch.cat([s["input_ids"] for s in samples]),
-        labels_S=torch.cat([s["labels"] for s in samples]),
-        cu_seqlens_B1=cu,
-        pixels_FNC=torch.cat(pixels) if pixels else torch.empty(0, *patch_shape),
-        item_frames_I=torch.tensor([s["frames"] for _, s in items], dtype=torch.int64),
-        item_modality_I=torch.tensor([s["modality"] for _, s in items], dtype=torch.int64),
-        item_sample_I=torch.tensor([i for i, _ in items], dtype=torch.int64),
-        sample_keys=[s["key"] for s in samples],
-    )
+    labels = [IGNORE_INDEX] * (answer_start - 1) + ids[answer_start:] + [IGNORE_INDEX]
+    return sample_from_tokens(model_cfg, f"syn-{index}", ids, items, pixels, labels)
 
 
 class SyntheticSource:
@@ -135,10 +114,9 @@ class SyntheticSource:
     def _chunk(self, k: int) -> MicroBatch:
         chunk = self.start + k * self.dp_size + self.dp_rank
         n = self.syn.samples_per_microbatch
-        return collate_samples([
-            make_sample(self.model_cfg, self.syn, self.seed, chunk * n + j, self.force)
-            for j in range(n)
-        ])
+        samples = [make_sample(self.model_cfg, self.syn, self.seed, chunk * n + j, self.force)
+                   for j in range(n)]
+        return collate_row(samples, self.model_cfg, validate=False)
 
     def next_microbatches(self, step: int) -> list[MicroBatch]:
         out = [self._chunk(self.cursor + m) for m in range(self.micro_batches_per_step)]

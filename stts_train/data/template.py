@@ -18,11 +18,10 @@ from typing import Protocol
 import torch
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import IGNORE_INDEX, Modality
+from stts_train.data.builders import sample_from_tokens
 from stts_train.data.collate import TokenizedSample
-from stts_train.data.lengths import SampleMeta
-from stts_train.pruning.budget import MODALITY_IMAGE, MODALITY_VIDEO
 
-IGNORE = -100
 CHOICE_LETTERS = "ABCDEFGHIJ"
 
 
@@ -54,7 +53,7 @@ def format_question(question: str, choices: list[str] | None) -> str:
 def visual_tokens(cfg: ModelConfig, tokenizer, modality: int, frame_times_s: list[float]) -> list[int]:
     tok, groups = cfg.tokens, cfg.groups_per_frame
     ids: list[int] = []
-    if modality == MODALITY_IMAGE:
+    if modality == Modality.IMAGE:
         return [tok.image_start_id] + [tok.image_patch_id] * groups + [tok.image_end_id]
     for i, t in enumerate(frame_times_s):
         ids += _ids(tokenizer, f"{' ' if i else ''}{t:.1f} ")
@@ -66,34 +65,19 @@ def tokenize_sample(sample: SampleLike, tokenizer, cfg: ModelConfig, *, with_ans
     """Token ids, labels (label[i] = target of position i) and metadata for one decoded sample."""
     im_start, im_end = _special(tokenizer, "<|im_start|>"), _special(tokenizer, "<|im_end|>")
     prompt = [im_start] + _ids(tokenizer, "user\n")
-    modality = MODALITY_IMAGE if sample.modality == MODALITY_IMAGE else MODALITY_VIDEO
+    modality = Modality.IMAGE if sample.modality == Modality.IMAGE else Modality.VIDEO
     prompt += visual_tokens(cfg, tokenizer, modality, sample.frame_times_s)
     prompt += _ids(tokenizer, "\n" + format_question(sample.question, sample.choices))
     prompt += [im_end] + _ids(tokenizer, "\n") + [im_start] + _ids(tokenizer, "assistant\n")
     answer = (_ids(tokenizer, sample.answer) + [im_end]) if with_answer else []
     ids = prompt + answer
-    labels = [IGNORE] * len(ids)
+    labels = [IGNORE_INDEX] * len(ids)
     # position i predicts token i+1: the last prompt token predicts the first answer token
     for i in range(len(prompt) - 1, len(ids) - 1):
         labels[i] = ids[i + 1]
     frames = int(sample.pixels_FNC.shape[0])
-    num_placeholders = frames * cfg.groups_per_frame
-    meta = SampleMeta(
-        key=sample.key,
-        modalities=(modality,),
-        frames=(frames,),
-        num_text_tokens=len(ids) - num_placeholders,
-        num_loss_tokens=sum(1 for x in labels if x != IGNORE),
-    )
-    return TokenizedSample(
-        key=sample.key,
-        input_ids=torch.tensor(ids, dtype=torch.long),
-        labels=torch.tensor(labels, dtype=torch.long),
-        pixels_FNC=[sample.pixels_FNC],
-        item_frames=[frames],
-        item_modality=[modality],
-        meta=meta,
-    )
+    items = [(modality, frames)]
+    return sample_from_tokens(cfg, sample.key, ids, items, [sample.pixels_FNC], labels)
 
 
 def _special(tokenizer, name: str) -> int:

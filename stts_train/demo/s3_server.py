@@ -11,11 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from stts_train.parallel.launch import free_port
 
 
 @dataclass

@@ -17,11 +17,11 @@ import math
 
 import torch
 
+from stts_train.constants import Modality
 from stts_train.data.batch import MicroBatch
 from stts_train.errors import LayoutError
 from stts_train.models.vlm import Molmo2VLM, VLMOutput
 from stts_train.pruning.base import Grid, PrunerInput, TokenPruner, get_pruner
-from stts_train.pruning.budget import MODALITY_IMAGE, MODALITY_VIDEO
 from stts_train.pruning.stts import layout_from_items
 
 
@@ -102,7 +102,7 @@ def forward_with_pruner(
     start = 0
     for n, m in zip(frames, modality):
         feats = features_FGE[start : start + n]
-        if m == MODALITY_VIDEO and keep_ratio < 1.0:
+        if m == Modality.VIDEO and keep_ratio < 1.0:
             out = pruner.prune(PrunerInput(
                 features_TND=feats,
                 attention_TN=attention_FG[start : start + n],
@@ -115,7 +115,7 @@ def forward_with_pruner(
             kept_features.append(out.features_MD[order])
             kept_per_frame += torch.bincount(out.frame_M, minlength=n).tolist()
             kept_mask_FG[start + out.frame_M, out.position_M] = True
-        elif m in (MODALITY_VIDEO, MODALITY_IMAGE):
+        elif m in (Modality.VIDEO, Modality.IMAGE):
             kept_features.append(feats.reshape(n * num_groups, -1))
             kept_per_frame += [num_groups] * n
             kept_mask_FG[start : start + n] = True

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import IGNORE_INDEX, Modality
 from stts_train.data.batch import MicroBatch
 from stts_train.errors import LayoutError
 from stts_train.models.common.attention import cu_seqlens_from_lengths
@@ -23,7 +24,6 @@ from stts_train.models.common.layers import LayerFactory, LocalLayerFactory
 from stts_train.models.connector import Connector
 from stts_train.models.llm import LanguageModel
 from stts_train.models.vit import VisionTransformer
-from stts_train.pruning.budget import MODALITY_IMAGE, MODALITY_VIDEO
 from stts_train.pruning.stts import FrameLayout, layout_from_items
 
 
@@ -95,9 +95,9 @@ class Molmo2VLM(nn.Module):
         frames = batch.item_frames_I.tolist()
         modality = batch.item_modality_I.tolist()
         for i, (n, m) in enumerate(zip(frames, modality)):
-            if m not in (MODALITY_IMAGE, MODALITY_VIDEO):
+            if m not in (Modality.IMAGE, Modality.VIDEO):
                 raise LayoutError(f"visual item {i} has modality {m}; expected 1 (image) or 2 (video)")
-            if m == MODALITY_VIDEO and n == 1 and keep < 1.0:
+            if m == Modality.VIDEO and n == 1 and keep < 1.0:
                 raise LayoutError(
                     f"visual item {i} is a one-frame video; frame 0 is never pruned, so send it as an "
                     "image (modality 1) or use keep_ratio=1.0"
@@ -127,7 +127,7 @@ class Molmo2VLM(nn.Module):
         if dummy:
             # Text-only micro-batch: every rank still runs every module (ZeRO-3 gathers by hooks).
             pixels_FNC = pixels_FNC.new_zeros(1, *expected)
-            layout = layout_from_items([1], [MODALITY_IMAGE], 1.0, cfg.groups_per_frame)
+            layout = layout_from_items([1], [Modality.IMAGE], 1.0, cfg.groups_per_frame)
         pixels_FNC = pixels_FNC.to(self.vision.patch_embedding.weight.dtype)
 
         vis = self.vision(pixels_FNC, layout)
@@ -185,7 +185,7 @@ class Molmo2VLM(nn.Module):
         bidirectional_S = patch_S if cfg.llm.image_attention == "bidirectional" else None
         hidden_SE = self.llm.hidden_states(embeds_SE, positions_S, cu_seqlens, lengths, bidirectional_S)
 
-        loss_mask_S = labels_S != -100
+        loss_mask_S = labels_S != IGNORE_INDEX
         num_loss_tokens = int(loss_mask_S.sum())
         logits_XV = self.llm.logits(hidden_SE[loss_mask_S])
         ce_sum = self.factory.cross_entropy(logits_XV, labels_S[loss_mask_S]).sum()

@@ -11,16 +11,9 @@ r has tp_rank = r % tp and dp_rank = r // tp.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch.distributed as dist
 
 from stts_train.errors import ConfigError
-
-
-class MeshAxis(StrEnum):
-    DATA = "dp"
-    TENSOR = "tp"
 
 
 def validate_layout(world_size: int, tp: int) -> int:
@@ -85,9 +78,6 @@ class ParallelDims:
     @property
     def is_rank0(self) -> bool:
         return self.rank == 0
-
-    def size(self, axis: MeshAxis) -> int:
-        return self.dp if axis == MeshAxis.DATA else self.tp
 
     def describe(self) -> str:
         return f"world {self.world_size} = dp {self.dp} x tp {self.tp}"

@@ -9,6 +9,7 @@ torchrun variables set, forwards SIGTERM/SIGUSR1 to them, and kills the survivor
 fails (so no rank waits forever in a collective).
 
 Backend: NCCL when CUDA is available, gloo on CPU (`parallel.backend` may force one).
+Only the stdlib at module level: `cluster/` and the test fixtures import `free_port` from here.
 """
 
 from __future__ import annotations
@@ -65,9 +66,12 @@ def detect_env(environ: dict[str, str] | None = None) -> RankEnv | None:
     return None
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that was free a moment ago ("" = every interface, for a rendezvous
+    other machines connect to). The one port picker of the repo: launchers, test servers, the
+    local Slurm and S3 servers."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 

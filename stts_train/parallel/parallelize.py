@@ -17,7 +17,6 @@ construction and those writes would be lost under ZeRO-3 (shared notes/stack.md)
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,14 +35,6 @@ from stts_train.parallel.zero import render_deepspeed_config, teach_zero3_datacl
 log = logging.getLogger(__name__)
 
 ModelFn = Callable[[ModelConfig, Any], nn.Module]
-
-
-def resolve_model_fn(path: str) -> ModelFn:
-    """'package.module:Name' -> the callable (a model class taking (model_cfg, factory))."""
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ValueError(f"train.model={path!r} must look like 'package.module:ClassName'")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 def training_device() -> torch.device:
@@ -130,7 +121,10 @@ def parallelize(cfg: JobConfig, dims: ParallelDims, model_fn: ModelFn | None = N
     say = log.info if dims.is_rank0 else log.debug
     if install_cpu_shims(device):
         say("parallelize: CPU shims for megatron-core/DeepSpeed installed")
-    model_fn = model_fn or resolve_model_fn(cfg.train.model)
+    if model_fn is None:
+        from stts_train.models.vlm import Molmo2VLM
+
+        model_fn = Molmo2VLM
     model = build_model(cfg, dims, model_fn)
     say("parallelize: built %s with seed %d (%s)", type(model).__name__, cfg.train.seed, dims.describe())
     groups = model.param_groups()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from stts_train.constants import IGNORE_INDEX
 from stts_train.models.common.layers import LocalLayerFactory
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class MegatronLayerFactory:
         """Per-token CE from vocab-sharded logits; 0 where labels == -100 (like F.cross_entropy)."""
         from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-        valid = labels != -100
+        valid = labels != IGNORE_INDEX
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
         # megatron subtracts the max in place: hand it a private fp32 copy
         loss = vocab_parallel_cross_entropy(logits.to(torch.float32, copy=True), safe_labels)

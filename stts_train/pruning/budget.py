@@ -7,8 +7,6 @@ from fractions import Fraction
 
 from stts_train.errors import LayoutError
 
-MODALITY_TEXT, MODALITY_IMAGE, MODALITY_VIDEO, MODALITY_MULTI_IMAGE = 0, 1, 2, 3
-
 
 def exact_ratio(ratio: float) -> Fraction:
     """The decimal a user typed (0.7 -> 7/10), not the nearest binary float's expansion."""

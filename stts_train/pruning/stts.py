@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stts_train.constants import Modality
 from stts_train.models.common.layers import LayerFactory, LocalLayerFactory, trunc_normal_fan_in_
-from stts_train.pruning.budget import MODALITY_VIDEO, pruned_groups
+from stts_train.pruning.budget import pruned_groups
 
 
 def group_index(grid: int, pool: int, device: torch.device | None = None) -> torch.Tensor:
@@ -64,7 +65,7 @@ def layout_from_items(
 ) -> FrameLayout:
     """Layout for the model: videos pruned with the exact budget of `pruning.budget`."""
     budgets = [
-        pruned_groups(groups_per_frame, n, keep_ratio) if m == MODALITY_VIDEO else 0
+        pruned_groups(groups_per_frame, n, keep_ratio) if m == Modality.VIDEO else 0
         for n, m in zip(item_frames, item_modality)
     ]
     return layout_from_budgets(item_frames, budgets)

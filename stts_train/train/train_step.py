@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from stts_train.constants import IGNORE_INDEX
 from stts_train.data.batch import MicroBatch
 from stts_train.errors import STTSError
 from stts_train.parallel.dims import ParallelDims
@@ -47,7 +48,7 @@ class StepResult:
 
 
 def _count_loss_tokens(mb: MicroBatch) -> int:
-    return int((mb.labels_S != -100).sum())
+    return int((mb.labels_S != IGNORE_INDEX).sum())
 
 
 class TrainStep:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +35,7 @@ from stts_train.train.checkpoint import (
 )
 from stts_train.train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from stts_train.train.metrics import MetricsProcessor, default_peak_flops
+from stts_train.train.naming import current_run_name
 from stts_train.train.signals import StopFlag
 from stts_train.train.train_step import TrainStep
 
@@ -53,18 +53,6 @@ class DataSource(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-
-
-def run_name(cfg: JobConfig) -> str:
-    """`{config_name}-{git_sha7|nogit}-{job_id|local}`."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, timeout=10, check=False,
-        ).stdout.strip() or "nogit"
-    except (OSError, subprocess.SubprocessError):
-        sha = "nogit"
-    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("STTS_JOB_ID") or "local"
-    return f"{cfg.name}-{sha}-{job}"
 
 
 def build_data_source(cfg: JobConfig, dims: ParallelDims, **kwargs: Any) -> DataSource:
@@ -88,7 +76,8 @@ class Trainer:
 
     Args:
         cfg: the resolved job config.
-        model_fn: model class/callable (default: `train.model`).
+        model_fn: model class/callable, called as `model_fn(cfg.model, factory)` (default:
+            `Molmo2VLM`).
         data_source: a ready data source (default: built from the config).
         data_kwargs: extra keyword arguments for the default data source (tests).
     """
@@ -104,7 +93,7 @@ class Trainer:
         # DeepSpeed still calls torch.distributed's deprecated *_tensor collectives every step.
         warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         self.run_dir = Path(cfg.run_dir)
-        self.name = run_name(cfg)
+        self.name = current_run_name(cfg.name)
         self._build_layout()
         self._build_engine(model_fn)
         self._build_data(data_source, data_kwargs or {})

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm_local import LocalSlurm, free_port, missing_binaries
+from cluster.slurm_local import LocalSlurm, missing_binaries
+from stts_train.parallel.launch import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]

@@ -15,22 +15,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from stts_train.config import load_config
+from stts_train.parallel.launch import free_port
 from stts_train.train.exit_codes import EXIT_PREEMPTED
-from stts_train.train.preemption import restart_count
 from stts_train.train.signals import StopFlag
 
 
 def _spawn_local(num_ranks: int) -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     procs = []
     for rank in range(num_ranks):
         env = {
@@ -86,7 +83,8 @@ def main() -> int:
     if latest is not None:
         state = torch.load(latest, weights_only=True)
         weight, start = state["weight"], int(state["step"])
-        print(f"[rank{rank}] resumed from {latest.name} (restart {restart_count()})", flush=True)
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        print(f"[rank{rank}] resumed from {latest.name} (restart {restarts})", flush=True)
 
     def save(step: int) -> None:
         if rank == 0:

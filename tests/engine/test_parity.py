@@ -20,8 +20,8 @@ def tiny_config(run_dir: str, keep_ratio: float | None = None, **sections) -> di
     base = yaml.safe_load((REPO / "configs" / "tiny_cpu.yaml").read_text())
     base.update(name="tiny_cpu")
     base = merge_dicts(base, {
-        "train": {"num_steps": 5, "run_dir": run_dir, "model": "stts_train.models.vlm:Molmo2VLM",
-                  "data_source": "synthetic", "micro_batches_per_step": 1,
+        "train": {"num_steps": 5, "run_dir": run_dir, "data_source": "synthetic",
+                  "micro_batches_per_step": 1,
                   "synthetic": {"samples_per_microbatch": 2, "max_frames": 4}},
         "checkpoint": {"every": 100, "at_end": False},
         "metrics": {"wandb_mode": "disabled", "progress_bar": False},

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import IGNORE_INDEX, Modality
 from stts_train.data.batch import MicroBatch
 from stts_train.models.common.layers import LocalLayerFactory
 
@@ -78,7 +79,8 @@ class ToyVLM(nn.Module):
         groups = h.reshape(h.shape[0], G, P, -1).mean(2)  # (F, G, Dv)
         feats = self.conn_fc2(F.gelu(self.conn_fc1(groups))).reshape(-1, cfg.llm.hidden_size)
         video_frames = [
-            bool(m == 2) for m, n in zip(batch.item_modality_I.tolist(), batch.item_frames_I.tolist())
+            m == Modality.VIDEO
+            for m, n in zip(batch.item_modality_I.tolist(), batch.item_frames_I.tolist())
             for _ in range(n)
         ]
         if dummy or not any(video_frames):
@@ -103,7 +105,7 @@ class ToyVLM(nn.Module):
         x = x + self.mlp_fc2(F.gelu(self.mlp_fc1(self.norm(x))))
         logits = self.head(x)
         ce = self.factory.cross_entropy(logits, batch.labels_S)
-        n_local = (batch.labels_S != -100).sum()
+        n_local = (batch.labels_S != IGNORE_INDEX).sum()
         denom = batch.num_loss_tokens if batch.num_loss_tokens is not None else n_local.clamp(min=1)
         ce_sum = ce.sum()
         loss = ce_sum / denom + cfg.stts.aux_loss_weight * aux_scale * aux

@@ -20,7 +20,6 @@ def toy_config(run_dir: str, **sections: Any) -> dict:
         "name": "toy",
         "model": TOY_MODEL_OVERRIDES,
         "train": {"num_steps": 5, "seed": 0, "run_dir": run_dir, "micro_batches_per_step": 1,
-                  "model": "toy_model:ToyVLM",
                   "synthetic": {"samples_per_microbatch": 2, "max_frames": 3}},
         "optim": {g: {"lr": 1e-2, "warmup_steps": 2} for g in ("vit", "connector", "llm", "scorer")},
         "checkpoint": {"every": 100, "keep_last": 2},

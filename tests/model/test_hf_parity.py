@@ -9,7 +9,9 @@ import transformers
 import torch
 
 from stts_train.config.model import ModelConfig
-from stts_train.data.batch import MicroBatch
+from stts_train.constants import Modality
+from stts_train.data.builders import sample_from_tokens
+from stts_train.data.collate import collate_row
 from stts_train.models.hf_interop import export_hf, hf_config_dict, load_hf, load_into
 from stts_train.models.vlm import Molmo2VLM
 from stts_train.pruning.stts import group_index
@@ -70,15 +72,8 @@ def hf_logits(model, cfg: ModelConfig, ids: list[int], pixels: torch.Tensor, bid
 
 
 def our_logits(model: Molmo2VLM, ids: list[int], pixels: torch.Tensor) -> torch.Tensor:
-    batch = MicroBatch(
-        input_ids_S=torch.tensor(ids),
-        labels_S=torch.full((len(ids),), -100),
-        cu_seqlens_B1=torch.tensor([0, len(ids)], dtype=torch.int32),
-        pixels_FNC=pixels,
-        item_frames_I=torch.tensor([pixels.shape[0]]),
-        item_modality_I=torch.tensor([2]),
-        item_sample_I=torch.tensor([0]),
-    )
+    sample = sample_from_tokens(model.cfg, "s0", ids, [(Modality.VIDEO, pixels.shape[0])], [pixels])
+    batch = collate_row([sample], model.cfg)
     with torch.no_grad():
         return model(batch, return_logits=True).logits
 

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from stts_train.config import load_config
+from stts_train.constants import Modality
+from stts_train.data.builders import make_batch
 from stts_train.models.pruned_inference import build_pruner, forward_with_pruner
 from stts_train.models.vlm import Molmo2VLM
 from stts_train.pruning.base import available_pruners, get_pruner
-from tests.model.helpers import IMAGE, VIDEO, make_batch
 from tests.model.test_hf_parity import real_frames
 
+VIDEO, IMAGE = Modality.VIDEO, Modality.IMAGE
 TRAINING_FREE = [name for name in available_pruners() if name != "stts"]
 
 
@@ -25,7 +27,8 @@ def setup():
     video = real_frames(cfg, num_frames=4)
     video = torch.cat([video, video.flip(0)])  # 8 real frames (FastVID segments need several)
     image = video[:1]
-    batch = make_batch(cfg, [[(VIDEO, 8), (IMAGE, 1)]], seed=3, pixels=torch.cat([video, image]))
+    pixels_FNC = torch.cat([video, image])
+    batch = make_batch(cfg, [[(VIDEO, 8), (IMAGE, 1)]], seed=3, pixels_FNC=pixels_FNC)
     return cfg, model, batch
 
 

@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from stts_train.config.model import ModelConfig
+from stts_train.constants import Modality
+from stts_train.data.builders import make_batch
 from stts_train.errors import LayoutError
 from stts_train.models.vlm import Molmo2VLM
 from stts_train.pruning.budget import kept_groups
 from stts_train.pruning.stts import group_index, layout_from_items
-from tests.model.helpers import IMAGE, VIDEO, make_batch
+
+VIDEO, IMAGE = Modality.VIDEO, Modality.IMAGE
 
 
 def with_stts(cfg: ModelConfig, **changes) -> ModelConfig:
@@ -192,7 +195,7 @@ def test_batch_invariance(cfg):
     alone = make_batch(cfg, [[(VIDEO, 4)]], seed=11)
     other = make_batch(cfg, [[(VIDEO, 3)], [(IMAGE, 1)]], seed=12)
     together = make_batch(cfg, [[(VIDEO, 3)], [(IMAGE, 1)], [(VIDEO, 4)]], seed=11,
-                          pixels=torch.cat([other.pixels_FNC, alone.pixels_FNC]))
+                          pixels_FNC=torch.cat([other.pixels_FNC, alone.pixels_FNC]))
     with torch.no_grad():
         a = model.vision(alone.pixels_FNC, model.frame_layout(alone))
         t = model.vision(together.pixels_FNC, model.frame_layout(together))

@@ -8,17 +8,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stts_train.bench.planners import (
+    ALGORITHMS,
+    PADDED,
+    PlannerOptions,
+    StreamingPlanner,
+    plan_metrics,
+    plan_window,
+)
 from stts_train.config.model import ModelConfig, SttsConfig
 from stts_train.config.packing import PackingConfig
 from stts_train.data.cost import CostModel
 from stts_train.data.lengths import SampleMeta
 from stts_train.data.planner import (
-    ALGORITHMS,
     PoolArrays,
-    StreamingPlanner,
+    assign_window,
+    plan_balanced,
     plan_closed_window,
-    plan_metrics,
-    plan_window,
     relabel_for_locality,
     swap_for_locality,
 )
@@ -26,6 +32,7 @@ from stts_train.errors import DataError
 
 COST = CostModel(ModelConfig(stts=SttsConfig(keep_ratio=0.5)))
 PPF = COST.geom.patches_per_frame
+SMALL_KNAPSACK = PlannerOptions(knapsack_buffer=12)
 
 
 @st.composite
@@ -59,7 +66,7 @@ def check_plan(plan, pool: PoolArrays, cfg: PackingConfig, num_ranks: int) -> No
     for rows in plan.ranks:
         for row in rows:
             idx = np.asarray(row, dtype=np.int64)
-            if plan.padded:
+            if plan.algorithm == PADDED:
                 assert len(row) * pool.llm_tokens[idx].max() <= cfg.max_llm_tokens
                 assert len(row) * pool.frames[idx].max() * PPF <= cfg.max_vit_patches
             else:
@@ -71,11 +78,11 @@ def check_plan(plan, pool: PoolArrays, cfg: PackingConfig, num_ranks: int) -> No
 @given(metas=sample_metas(), num_ranks=st.integers(1, 9), algorithm=st.sampled_from(ALGORITHMS),
        seed=st.integers(0, 3), flush=st.booleans())
 def test_plan_invariants(metas, num_ranks, algorithm, seed, flush):
-    cfg = packing_cfg(seed=seed, knapsack_buffer=12)
+    cfg = packing_cfg(seed=seed)
     pool = PoolArrays.from_metas(metas, COST)
-    plan = plan_window(pool, num_ranks, cfg, PPF, algorithm, flush=flush)
+    plan = plan_window(pool, num_ranks, cfg, PPF, algorithm, flush=flush, options=SMALL_KNAPSACK)
     check_plan(plan, pool, cfg, num_ranks)
-    again = plan_window(pool, num_ranks, cfg, PPF, algorithm, flush=flush)
+    again = plan_window(pool, num_ranks, cfg, PPF, algorithm, flush=flush, options=SMALL_KNAPSACK)
     assert (again.ranks, again.carried_over) == (plan.ranks, plan.carried_over)  # deterministic
 
 
@@ -83,8 +90,8 @@ def test_plan_invariants(metas, num_ranks, algorithm, seed, flush):
 @given(windows=st.lists(sample_metas(max_size=60), min_size=1, max_size=4), num_ranks=st.integers(1, 6),
        algorithm=st.sampled_from(ALGORITHMS))
 def test_streaming_never_drops(windows, num_ranks, algorithm):
-    cfg = packing_cfg(knapsack_buffer=12)
-    planner = StreamingPlanner(cfg, COST, num_ranks, algorithm)
+    cfg = packing_cfg()
+    planner = StreamingPlanner(cfg, COST, num_ranks, algorithm, SMALL_KNAPSACK)
     seen, placed = [], []
     for w, metas in enumerate(windows):
         metas = [SampleMeta(key=f"w{w}-{m.key}", modalities=m.modalities, frames=m.frames,
@@ -98,13 +105,15 @@ def test_streaming_never_drops(windows, num_ranks, algorithm):
     assert len(set(placed)) == len(placed)
 
 
-def test_balanced_places_every_sample_when_flushed_with_room():
+def test_balanced_places_every_sample_when_all_are_forced():
     metas = [SampleMeta(key=str(i), modalities=(2,), frames=(4 + i % 5,), num_text_tokens=50) for i in range(64)]
-    cfg = packing_cfg(max_carry_windows=1)
     pool = PoolArrays.from_metas(metas, COST)
-    pool.age[:] = 1  # all overdue: placed under the budgets alone
-    plan = plan_window(pool, 4, cfg, PPF, "balanced", flush=True)
+    plan = plan_balanced(pool, 4, packing_cfg())  # default: every sample forced, never waits
     assert plan.carried_over == []
+    # streaming: samples carried max_carry_windows times are forced too
+    ages = np.full(len(pool), PlannerOptions().max_carry_windows)
+    overdue = plan_window(pool, 4, packing_cfg(), PPF, "balanced", flush=True, ages=ages)
+    assert overdue.ranks == plan.ranks and overdue.carried_over == []
 
 
 def test_balanced_waits_for_a_window_that_can_be_balanced():
@@ -189,14 +198,28 @@ def test_closed_window_keeps_balance_on_a_realistic_trace():
         assert moved <= 0.15 * int(pool.vit_patches.sum())
 
 
-def test_training_loader_rejects_baseline_algorithms():
+def test_baseline_knobs_are_not_training_config():
     from stts_train.config import load_config
-    from stts_train.data.loader import PipelineSource
     from stts_train.errors import ConfigError
 
-    job = load_config("configs/tiny_cpu.yaml", ["packing.algorithm=ffd"])
-    with pytest.raises(ConfigError, match="packing.algorithm=.*bench packing"):
-        PipelineSource(job, 0, 1)
+    for key in ("packing.algorithm=ffd", "packing.knapsack_buffer=12", "packing.largest_share=0.5"):
+        with pytest.raises(ConfigError, match="unknown config key"):
+            load_config("configs/tiny_cpu.yaml", [key])
+
+
+@pytest.mark.parametrize("prefer_home", [True, False])
+def test_assign_window_places_every_sample_once(prefer_home):
+    from stts_train.bench.packing import budgets_for, generate_trace
+
+    max_llm, max_vit = budgets_for(0.5)
+    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit,
+                        prefer_home_rank=prefer_home)
+    pool = PoolArrays.from_metas(generate_trace(4 * 32, 3), COST)
+    home = [i // 32 for i in range(len(pool))]
+    ranks = assign_window(pool, home, 4, cfg)
+    assert sorted(i for rank in ranks for row in rank for i in row) == list(range(len(pool)))
+    assert len({len(rank) for rank in ranks}) == 1
+    assert ranks == assign_window(pool, home, 4, cfg)  # the same plan on every rank
 
 
 @settings(max_examples=60, deadline=None)

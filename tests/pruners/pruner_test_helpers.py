@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from stts_train.pruning.base import Grid, PrunerInput
+from stts_train.bench.pruner_overhead import synthetic_video
+from stts_train.pruning.base import PrunerInput
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 PRUNER_GOLDENS = SHARED / "golden" / "pruners"
@@ -32,16 +31,5 @@ def video(
     **kw,
 ) -> PrunerInput:
     """A synthetic video: a static share of positions barely changes over time; distinct
-    attention values on the 1/729 scale."""
-    g = torch.Generator().manual_seed(seed)
-    N = rows * cols
-    base_ND = torch.randn(N, D, generator=g)
-    move_TND = torch.randn(T, N, D, generator=g)
-    static_N = torch.rand(N, generator=g) < static_fraction
-    x_TND = torch.where(static_N[None, :, None], base_ND + 0.02 * move_TND, move_TND)
-    attention_TN = torch.softmax(torch.randn(T, N, generator=g), dim=-1) * (N / 729)
-    keys_TNK = torch.randn(T, N, 8, generator=g)
-    gfeat_TG = torch.randn(T, 12, generator=g)
-    return PrunerInput(
-        x_TND, attention_TN, Grid(rows, cols), keys_TNK=keys_TNK, global_features_TG=gfeat_TG, **kw
-    )
+    attention values on the 1/729 scale (`stts_train/bench/pruner_overhead.py`)."""
+    return synthetic_video(T, rows, cols, D, seed=seed, static_fraction=static_fraction, **kw)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stts_train.constants import IGNORE_INDEX
+
 
 class LayerFactory(Protocol):
     tp_size: int
@@ -64,7 +66,7 @@ class LocalLayerFactory:
         return nn.Linear(dim, vocab_size, bias=False)
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=-100)
+        return F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=IGNORE_INDEX)
 
     def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
