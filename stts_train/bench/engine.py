@@ -21,6 +21,7 @@ from typing import Any
 
 def _bench_worker(cfg_dict: dict, steps: int, warmup: int) -> dict:
     import torch
+    import torch.distributed as dist
 
     from stts_train.config import config_from_dict
     from stts_train.train.metrics import peak_memory_gib
@@ -28,13 +29,17 @@ def _bench_worker(cfg_dict: dict, steps: int, warmup: int) -> dict:
 
     cfg = config_from_dict(cfg_dict)
     trainer = Trainer(cfg)
-    times, losses = [], []
+    times, shares = [], []
     for step in range(steps):
         mbs = trainer.data.next_microbatches(step)
         t0 = time.perf_counter()
         result = trainer.train_step(mbs)
         times.append(time.perf_counter() - t0)
-        losses.append(result.loss)
+        shares.append(result.loss_share)
+    # the step losses: this rank's shares summed over the data-parallel ranks, once at the end
+    step_losses = torch.tensor(shares, dtype=torch.float64, device=trainer.device)  # (steps,)
+    dist.all_reduce(step_losses, group=trainer.dims.dp_group)
+    losses = step_losses.cpu().tolist()
     timed = times[warmup:] or times
     out = {
         "rank": trainer.dims.rank,

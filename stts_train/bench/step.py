@@ -59,13 +59,15 @@ def _sync(device) -> None:
 def time_setting(model, batch, keep: float, mode: str, device) -> tuple[float, dict]:
     import torch
 
+    from stts_train.train.loss import single_batch_loss
+
     _sync(device)
     start = time.perf_counter()
     if mode == "train":
         model.train()
         model.zero_grad(set_to_none=True)
         out = model(batch, keep_ratio=keep)
-        out.loss.backward()
+        single_batch_loss(out, model.cfg.stts.aux_loss_weight).backward()
     else:
         model.eval()
         with torch.no_grad():

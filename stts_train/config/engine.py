@@ -77,6 +77,10 @@ class TrainConfig:
     run_dir: str = ""
     """Run directory (checkpoints, metrics, resolved config); "" = runs/<config name>."""
     log_every: int = 1
+    """Metrics are gathered from every rank and written (metrics.jsonl, samples.jsonl, wandb, the
+    progress bar) every `log_every` steps, before every checkpoint and at the end; in between
+    each rank buffers its numbers, so other steps run no metrics collective. Every step still
+    gets its own row (`stts_train/train/metrics.py`)."""
     data_source: Literal["auto", "synthetic", "stream"] = "auto"
     """'synthetic' = deterministic random batches; 'stream' = data.path through the planner;
     'auto' = stream when data.path is set, else synthetic."""
@@ -84,6 +88,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(self.num_steps >= 1, f"train.num_steps={self.num_steps} must be >= 1")
+        check(self.log_every >= 1,
+              f"train.log_every={self.log_every} must be >= 1 (1 = write metrics after every step)")
 
 
 @dataclass(kw_only=True)

@@ -35,9 +35,6 @@ class MicroBatch:
     item_sample_I: torch.Tensor
     """(I,) int64 index of the sample (0..B-1) each item belongs to."""
     sample_keys: list[str] = field(default_factory=list)
-    num_loss_tokens: float | None = None
-    """Loss tokens in the whole global batch (all ranks, all micro-batches of the step); the CE sum
-    is divided by this. None = this micro-batch's own count."""
     padding_samples: int = 0
     """Leading samples that are padding (no loss, no key): a rank with nothing planned for a row
     still runs the step's collectives."""
@@ -59,6 +56,5 @@ class MicroBatch:
             item_modality_I=self.item_modality_I.to(device),
             item_sample_I=self.item_sample_I.to(device),
             sample_keys=list(self.sample_keys),
-            num_loss_tokens=self.num_loss_tokens,
             padding_samples=self.padding_samples,
         )

@@ -8,9 +8,8 @@ never crosses samples and positions restart at 0 in every sample (the model renu
 dropping pruned placeholders; `llm_positions` gives the pre-pruning numbering). The ViT runs one
 varlen sequence per frame (`vit_frame_cu_seqlens`). Labels are next-token targets aligned with the
 inputs (label[i] is the token after i, -100 = no loss); placeholders never carry loss, so pruning
-them never changes the loss-token count. `num_loss_tokens` on the micro-batch is the step's
-global count (all ranks, all rows), so sum over ranks and rows of ce_sum / global count is the
-mean over the whole step.
+them never changes the loss-token count. The division by the step's global loss-token count
+happens in the train step (`stts_train/train/loss.py`), not here.
 """
 
 from __future__ import annotations
@@ -76,7 +75,7 @@ def validate_sample(sample: TokenizedSample, cfg: ModelConfig) -> None:
 
 
 def collate_row(
-    samples: list[TokenizedSample], cfg: ModelConfig, num_loss_tokens: float | None = None, validate: bool = True
+    samples: list[TokenizedSample], cfg: ModelConfig, validate: bool = True
 ) -> MicroBatch:
     """Pack whole samples back to back into one micro-batch."""
     if validate:
@@ -97,7 +96,6 @@ def collate_row(
         item_modality_I=torch.tensor([m for s in samples for m in s.item_modality], dtype=torch.long),
         item_sample_I=torch.tensor([b for b, s in enumerate(samples) for _ in s.item_frames], dtype=torch.long),
         sample_keys=[s.key for s in samples],
-        num_loss_tokens=num_loss_tokens,
     )
 
 
@@ -119,11 +117,8 @@ def padding_row(cfg: ModelConfig) -> MicroBatch:
 
 
 def collate_plan(ranks: list[list[list[int]]], samples: list[TokenizedSample], cfg: ModelConfig) -> list[list[MicroBatch]]:
-    """Every rank's rows as micro-batches, all normalised by the step's global loss-token count."""
-    placed = [i for rank in ranks for row in rank for i in row]
-    total = sum(samples[i].meta.num_loss_tokens for i in placed)
-    return [[collate_row([samples[i] for i in row], cfg, num_loss_tokens=float(max(total, 1))) for row in rank]
-            for rank in ranks]
+    """Every rank's rows (pool indices into `samples`) as micro-batches."""
+    return [[collate_row([samples[i] for i in row], cfg) for row in rank] for rank in ranks]
 
 
 def llm_positions(cu_seqlens_B1: torch.Tensor) -> torch.Tensor:

@@ -29,11 +29,16 @@ from stts_train.pruning.stts import FrameLayout, layout_from_items
 
 @dataclass
 class VLMOutput:
-    loss: torch.Tensor
-    """ce_sum / denominator + aux_loss_weight * aux_loss * aux_scale."""
+    """Sums and counts for the loss; the step loss is formed by the trainer
+    (`stts_train/train/loss.py`), which alone knows the step's global token count."""
+
     ce_sum: torch.Tensor
-    num_loss_tokens: int
+    """Summed token cross-entropy over this micro-batch's loss tokens."""
+    num_loss_tokens: torch.Tensor
+    """() int64 loss tokens of this micro-batch (a tensor: no host sync in the forward)."""
     aux_loss: torch.Tensor
+    """STTS temporal aux loss of this micro-batch (unweighted); on a text-only micro-batch a
+    zero that still depends on every visual parameter, so ZeRO-3 sees each module in backward."""
     logits: torch.Tensor | None = None
     """(S', V) full logits over the kept sequence (only with return_logits=True)."""
     keep_group_FG: torch.Tensor | None = None
@@ -113,7 +118,6 @@ class Molmo2VLM(nn.Module):
         batch: MicroBatch,
         *,
         return_logits: bool = False,
-        aux_scale: float = 1.0,
         keep_ratio: float | None = None,
     ) -> VLMOutput:
         cfg = self.cfg
@@ -133,19 +137,14 @@ class Molmo2VLM(nn.Module):
         vis = self.vision(pixels_FNC, layout)
         group_patches_XP = self._kept_group_patches(vis.keep_group_FG, vis.keep_patch_FN)
         image_features_XE = self.connector(vis.features_KD, group_patches_XP)
-        zero_term = image_features_XE.new_zeros(())
+        aux_loss = vis.aux_loss
         if dummy:
-            zero_term = 0.0 * image_features_XE.sum() + 0.0 * vis.aux_loss
+            # a zero that keeps the dummy frame's ViT, scorer and connector in the graph
+            aux_loss = 0.0 * image_features_XE.sum() + 0.0 * vis.aux_loss
             image_features_XE = image_features_XE[:0]
 
-        aux_loss = vis.aux_loss if not dummy else vis.aux_loss.detach() * 0
-        out = self.forward_llm(
-            batch,
-            None if dummy else vis.keep_group_FG,
-            image_features_XE,
-            return_logits=return_logits,
-            extra_loss=cfg.stts.aux_loss_weight * aux_scale * aux_loss + zero_term,
-        )
+        keep_group_FG = None if dummy else vis.keep_group_FG
+        out = self.forward_llm(batch, keep_group_FG, image_features_XE, return_logits=return_logits)
         kept_patches = int(vis.keep_patch_FN.sum()) if not dummy else 0
         out.aux_loss = aux_loss
         out.scores_FG = None if dummy else vis.scores_FG
@@ -164,9 +163,8 @@ class Molmo2VLM(nn.Module):
         image_features_XE: torch.Tensor,
         *,
         return_logits: bool = False,
-        extra_loss: torch.Tensor | float = 0.0,
     ) -> VLMOutput:
-        """LLM half: drop pruned placeholders, add the image features, run the decoder, CE loss.
+        """LLM half: drop pruned placeholders, add the image features, run the decoder, CE sum.
 
         `keep_group_FG` (None for text-only) says which placeholders stay, frame-major and in
         placeholder order; `image_features_XE` holds one feature per kept placeholder, in order.
@@ -186,23 +184,18 @@ class Molmo2VLM(nn.Module):
         hidden_SE = self.llm.hidden_states(embeds_SE, positions_S, cu_seqlens, lengths, bidirectional_S)
 
         loss_mask_S = labels_S != IGNORE_INDEX
-        num_loss_tokens = int(loss_mask_S.sum())
         logits_XV = self.llm.logits(hidden_SE[loss_mask_S])
         ce_sum = self.factory.cross_entropy(logits_XV, labels_S[loss_mask_S]).sum()
-        denominator = batch.num_loss_tokens if batch.num_loss_tokens is not None else max(num_loss_tokens, 1)
-        loss = ce_sum / denominator + extra_loss
         logits = self.factory.gather_vocab(self.llm.logits(hidden_SE)) if return_logits else None
         stats = {
             "image_tokens_in": float(0 if keep_group_FG is None else keep_group_FG.numel()),
             "image_tokens_kept": float(image_features_XE.shape[0]),
             "llm_tokens": float(ids_S.numel()),
-            "loss_tokens": float(num_loss_tokens),
         }
         return VLMOutput(
-            loss=loss,
             ce_sum=ce_sum,
-            num_loss_tokens=num_loss_tokens,
-            aux_loss=loss.new_zeros(()),
+            num_loss_tokens=loss_mask_S.sum(),
+            aux_loss=ce_sum.new_zeros(()),
             logits=logits,
             keep_group_FG=keep_group_FG,
             kept_input_ids=ids_S,

@@ -1,12 +1,16 @@
 """One optimizer step through the DeepSpeed engine: the math, no loop bookkeeping.
 
-Loss normalisation: the CE of every micro-batch is divided by the number of loss tokens of the
-whole global batch (all data-parallel ranks, all micro-batches of the step), and the STTS aux
-loss is averaged over all micro-batches of all ranks. DeepSpeed averages gradients over the
-data-parallel group and we drive accumulation ourselves (`set_gradient_accumulation_boundary`,
-no 1/gas scaling), so each micro-batch's backward loss is `dp * out.loss` with
-`aux_scale = 1 / (dp * micro-batches)`. The resulting gradient equals that of one process
-running the whole global batch.
+Collectives: one blocking all-gather of a tiny vector before the first forward carries what the
+step needs from every rank (loss tokens, micro-batches, samples, the stop request), each rank
+reduces it locally; everything else in the step is DeepSpeed's own gradient and grad-norm
+traffic. The loss normalisation lives in `stts_train/train/loss.py`. Shape legend: R ranks of
+the world, V values per rank.
+
+Non-finite losses: `StepLoss.backward_loss` turns a non-finite micro-batch loss into NaN
+gradients, and DeepSpeed's gradient norm is global (all data-parallel and tensor-parallel
+ranks), so a NaN on any rank makes every rank raise `NonFiniteError` after `engine.step()`, in
+the same step and before any checkpoint is written (ZeRO skips a non-finite update; whatever
+the optimizer did in memory dies with the process).
 
 Ranks with fewer micro-batches than the busiest rank replay their last micro-batch with weight 0,
 so every rank issues the same collectives (ZeRO-2/3 reduce inside backward).
@@ -26,6 +30,7 @@ from stts_train.constants import IGNORE_INDEX
 from stts_train.data.batch import MicroBatch
 from stts_train.errors import STTSError
 from stts_train.parallel.dims import ParallelDims
+from stts_train.train.loss import StepLoss
 
 
 class NonFiniteError(STTSError):
@@ -34,14 +39,25 @@ class NonFiniteError(STTSError):
 
 @dataclass
 class StepResult:
-    loss: float
-    """Global loss: CE sum / global loss tokens + aux_weight * mean aux loss."""
-    ce_loss: float
-    aux_loss: float
+    """One step on this rank. Numbers marked "share" are this rank's part of a global value
+    (summed over the data-parallel ranks they give it); the rest are already global."""
+
+    ce_share: float
+    """This rank's share of the step's CE loss (CE sum here / global loss tokens)."""
+    aux_share: float
+    """This rank's share of the step's mean aux loss (unweighted)."""
+    loss_share: float
+    """ce_share + aux_loss_weight * aux_share."""
     grad_norm: float
     lr: dict[str, float]
     num_microbatches: int
+    """Micro-batches per rank (the busiest rank's count)."""
     loss_tokens: int
+    """Loss tokens of the whole step (all data-parallel ranks)."""
+    num_samples: int
+    """Samples of the whole step (all data-parallel ranks; padding rows count none)."""
+    stop: bool = False
+    """Some rank had a stop request when the step began: every rank stops after this step."""
     stats: dict[str, float] = field(default_factory=dict)
     """Model stats summed over this rank's micro-batches."""
     compute_s: float = 0.0
@@ -56,8 +72,8 @@ class TrainStep:
 
     Args:
         engine: the DeepSpeed engine.
-        dims: the parallel layout (data-parallel group for the reductions).
-        aux_loss_weight: model_cfg.stts.aux_loss_weight (for the reported loss split).
+        dims: the parallel layout (data-parallel size, this rank's tensor-parallel rank).
+        aux_loss_weight: model_cfg.stts.aux_loss_weight.
         device, float_dtype: where micro-batches go and the pixel dtype (bf16 runs).
     """
 
@@ -69,64 +85,69 @@ class TrainStep:
         self.aux_loss_weight = aux_loss_weight
         self.device, self.float_dtype = device, float_dtype
 
-    def _reduce(self, values: list[float], op: dist.ReduceOp, group: Any) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=op, group=group)
-        return t.tolist()
+    def _agree(
+        self, microbatches: list[MicroBatch], stop_requested: bool
+    ) -> tuple[int, int, int, bool]:
+        """The step's one blocking collective: (global loss tokens, micro-batches per rank,
+        global samples, stop) from every rank's local numbers."""
+        # tensor-parallel peers hold the same batch: count it once per data-parallel rank
+        once = 1.0 if self.dims.tp_rank == 0 else 0.0
+        local_RV = torch.tensor(
+            [once * sum(_count_loss_tokens(mb) for mb in microbatches),
+             once * sum(mb.num_samples for mb in microbatches),
+             float(len(microbatches)), float(stop_requested)],
+            dtype=torch.float64, device=self.device,
+        )
+        gathered = [torch.empty_like(local_RV) for _ in range(self.dims.world_size)]
+        dist.all_gather(gathered, local_RV)
+        all_RV = torch.stack(gathered).cpu()
+        tokens, samples = all_RV[:, :2].sum(0).tolist()
+        micro, stop = all_RV[:, 2:].max(0).values.tolist()
+        return int(tokens), int(micro), int(samples), stop > 0
 
-    def __call__(self, microbatches: list[MicroBatch]) -> StepResult:
+    def __call__(self, microbatches: list[MicroBatch], stop_requested: bool = False) -> StepResult:
+        """Train one step; `stop_requested` (this rank's stop flag) is agreed with every rank in
+        the step's collective and returned as `StepResult.stop`."""
         if not microbatches:
             raise ValueError("the data source returned no micro-batch for this step")
         dims, engine = self.dims, self.engine
-        local_tokens = sum(_count_loss_tokens(mb) for mb in microbatches)
-        # one reduction over the data-parallel group: loss tokens (sum), micro-batch count (max)
-        (global_tokens,) = self._reduce([float(local_tokens)], dist.ReduceOp.SUM, dims.dp_group)
-        (num_micro,) = self._reduce([float(len(microbatches))], dist.ReduceOp.MAX, None)
-        num_micro = int(num_micro)
-        global_tokens = max(global_tokens, 1.0)
-        aux_scale = 1.0 / (dims.dp * num_micro)
+        global_tokens, num_micro, global_samples, stop = self._agree(microbatches, stop_requested)
+        norm = StepLoss(global_tokens, dims.dp, num_micro, self.aux_loss_weight)
         padded = list(microbatches) + [microbatches[-1]] * (num_micro - len(microbatches))
 
-        ce_sum = aux_sum = 0.0
+        # summed on the device in float64: one host sync after the step, not one per micro-batch
+        ce_sum = aux_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         stats: dict[str, float] = {}
         t0 = time.perf_counter()
         engine.train()
         for i, mb in enumerate(padded):
             weight = 1.0 if i < len(microbatches) else 0.0
             mb = mb.to(self.device, self.float_dtype)
-            mb.num_loss_tokens = global_tokens
             engine.set_gradient_accumulation_boundary(i == num_micro - 1)
-            out = engine(mb, aux_scale=aux_scale)
-            engine.backward(out.loss * (dims.dp * weight), scale_wrt_gas=False)
+            out = engine(mb)
+            engine.backward(norm.backward_loss(out, weight), scale_wrt_gas=False)
             if weight:
-                ce_sum += float(out.ce_sum.detach())
-                aux_sum += float(out.aux_loss.detach())
+                ce_sum = ce_sum + out.ce_sum.detach().double()
+                aux_sum = aux_sum + out.aux_loss.detach().double()
                 for k, v in (out.stats or {}).items():
                     stats[k] = stats.get(k, 0.0) + float(v)
-        # agree on finiteness before the update: a NaN on any rank stops every rank
-        ce_g, aux_g, bad = self._reduce(
-            [ce_sum, aux_sum, 0.0 if math.isfinite(ce_sum + aux_sum) else 1.0],
-            dist.ReduceOp.SUM, dims.dp_group,
-        )
-        if bad or not math.isfinite(ce_g + aux_g):
-            raise NonFiniteError(
-                f"non-finite loss (CE sum {ce_g}, aux sum {aux_g}) before the optimizer step; "
-                "the step was not applied and no checkpoint was written; lower the LR or check the data"
-            )
         lrs = {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(engine.optimizer.param_groups)}
         engine.step()
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        ce_local, aux_local = float(ce_sum), float(aux_sum)
         if not math.isfinite(grad_norm):
+            # global, so every rank raises here in the same step
             raise NonFiniteError(
-                f"non-finite gradient norm {grad_norm}; the run stops without writing a checkpoint "
-                "(the last good checkpoint is intact); lower the LR or enable gradient clipping"
+                f"non-finite loss or gradient norm (grad norm {grad_norm}; this rank's CE sum "
+                f"{ce_local}, aux sum {aux_local}); the run stops without writing a checkpoint "
+                "(the last good checkpoint is intact); lower the LR, enable gradient clipping or "
+                "check the data"
             )
-        compute_s = time.perf_counter() - t0
-        ce_loss = ce_g / global_tokens
-        aux_mean = aux_g / (dims.dp * num_micro)
+        ce_share, aux_share = norm.shares(ce_local, aux_local)
         return StepResult(
-            loss=ce_loss + self.aux_loss_weight * aux_mean, ce_loss=ce_loss, aux_loss=aux_mean,
-            grad_norm=grad_norm, lr=lrs, num_microbatches=num_micro,
-            loss_tokens=int(global_tokens), stats=stats, compute_s=compute_s,
+            ce_share=ce_share, aux_share=aux_share,
+            loss_share=ce_share + self.aux_loss_weight * aux_share, grad_norm=grad_norm, lr=lrs,
+            num_microbatches=num_micro, loss_tokens=global_tokens, num_samples=global_samples,
+            stop=stop, stats=stats, compute_s=time.perf_counter() - t0,
         )

@@ -37,7 +37,7 @@ from stts_train.train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from stts_train.train.metrics import MetricsProcessor, default_peak_flops
 from stts_train.train.naming import current_run_name
 from stts_train.train.signals import StopFlag
-from stts_train.train.train_step import TrainStep
+from stts_train.train.train_step import NonFiniteError, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class Trainer:
             vit_layers=self.cfg.model.vit.num_layers,
             peak_flops=m.peak_flops_per_device or default_peak_flops(dev, self.cfg.parallel.precision),
             max_llm_tokens=self.cfg.packing.max_llm_tokens, device=dev,
+            log_every=self.cfg.train.log_every,
         )
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -150,6 +151,9 @@ class Trainer:
         return out
 
     def save_checkpoint(self) -> str:
+        # every step up to this one is in samples.jsonl before the checkpoint commits (exactly-once
+        # accounting after a resume)
+        self.metrics.flush()
         data_states = self._gather_dp(self.data.state_dict())
         rng_states: list[Any] = [None] * self.dims.world_size
         dist.all_gather_object(rng_states, rng_state())
@@ -230,26 +234,32 @@ class Trainer:
                 t0 = time.perf_counter()
                 mbs = self.data.next_microbatches(self.step)
                 data_wait = time.perf_counter() - t0
-                result = self.train_step(mbs)
+                try:
+                    # the step's one collective also agrees on the stop flag: a signal received
+                    # during step N stops the run after step N+1
+                    result = self.train_step(mbs, stop_requested=self.stop.requested)
+                except NonFiniteError:
+                    self.metrics.flush()  # every rank raises in the same step: keep the last rows
+                    raise
                 self.step += 1
                 self.tokens_seen += result.loss_tokens
-                num_samples = sum(mb.num_samples for mb in mbs)
-                self.samples_seen += int(self._sum_dp(num_samples))
+                self.samples_seen += result.num_samples
                 step_s = time.perf_counter() - t0
-                self.metrics.log_samples(self.step, [k for mb in mbs for k in mb.sample_keys])
-                self.metrics.step(self.step, result, step_s, data_wait, num_samples,
-                                  getattr(self.data, "window_stats", None))
+                keys = [k for mb in mbs for k in mb.sample_keys]
+                local_samples = sum(mb.num_samples for mb in mbs)
+                self.metrics.record(self.step, result, step_s, data_wait, local_samples, keys,
+                                    getattr(self.data, "window_stats", None))
                 faults.maybe_kill_after_step(self.step)
-                stopping = self.stop.should_stop(device=self.device)
-                if stopping or self.step % max(1, cfg.checkpoint.every) == 0:
+                if result.stop or self.step % max(1, cfg.checkpoint.every) == 0:
                     self.save_checkpoint()
                     saved_at = self.step
-                if stopping:
+                if result.stop:
                     if self.rank0:
                         log.warning("stop signal %s: checkpoint at step %d written, exiting", self.stop.signum, self.step)
                     return EXIT_PREEMPTED
             if cfg.checkpoint.at_end and saved_at != self.step:
                 self.save_checkpoint()
+            self.metrics.flush()
             return EXIT_OK
         finally:
             self.stop.uninstall()
@@ -257,11 +267,6 @@ class Trainer:
             close_data = getattr(self.data, "close", None)
             if close_data is not None:
                 close_data()  # stops the Ray decode actors of a real-data stream
-
-    def _sum_dp(self, value: float) -> float:
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, group=self.dims.dp_group)
-        return float(t.item())
 
     def close(self) -> None:
         self.dims.destroy()

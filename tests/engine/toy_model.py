@@ -36,7 +36,6 @@ TOY_MODEL_OVERRIDES = {
 
 @dataclass
 class ToyOutput:
-    loss: torch.Tensor
     ce_sum: torch.Tensor
     num_loss_tokens: torch.Tensor
     aux_loss: torch.Tensor
@@ -66,7 +65,7 @@ class ToyVLM(nn.Module):
                 "llm": [self.embed, self.mlp_fc1, self.mlp_fc2, self.norm, self.head]}
         return {k: [p for m in ms for p in m.parameters()] for k, ms in mods.items()}
 
-    def forward(self, batch: MicroBatch, aux_scale: float = 1.0) -> ToyOutput:
+    def forward(self, batch: MicroBatch) -> ToyOutput:
         cfg = self.cfg
         G, P = cfg.groups_per_frame, cfg.patches_per_group
         pixels = batch.pixels_FNC
@@ -106,17 +105,14 @@ class ToyVLM(nn.Module):
         logits = self.head(x)
         ce = self.factory.cross_entropy(logits, batch.labels_S)
         n_local = (batch.labels_S != IGNORE_INDEX).sum()
-        denom = batch.num_loss_tokens if batch.num_loss_tokens is not None else n_local.clamp(min=1)
         ce_sum = ce.sum()
-        loss = ce_sum / denom + cfg.stts.aux_loss_weight * aux_scale * aux
         n_patches = float(batch.pixels_FNC.shape[0] * cfg.vit.num_patches)
         stats = {"vit_patches_in": n_patches, "vit_block_tokens": n_patches * cfg.vit.num_layers,
                  "llm_tokens": float(batch.input_ids_S.numel()),
                  "image_tokens_in": float(placeholder.sum()), "image_tokens_kept": float(placeholder.sum())}
         if os.environ.get("TOY_NAN_KEY") in batch.sample_keys:
-            loss = loss * float("nan")
             ce_sum = ce_sum * float("nan")
-        return ToyOutput(loss, ce_sum, n_local, aux, stats)
+        return ToyOutput(ce_sum, n_local, aux, stats)
 
     def num_flops_per_token(self) -> float:
         return 6.0 * sum(p.numel() for p in self.parameters())

@@ -15,6 +15,7 @@ from stts_train.errors import LayoutError
 from stts_train.models.vlm import Molmo2VLM
 from stts_train.pruning.budget import kept_groups
 from stts_train.pruning.stts import group_index, layout_from_items
+from stts_train.train.loss import single_batch_loss
 
 VIDEO, IMAGE = Modality.VIDEO, Modality.IMAGE
 
@@ -91,11 +92,13 @@ def grads(model: Molmo2VLM) -> dict[str, float]:
 
 def test_ce_gradient_reaches_scorer_only_with_prunable_frames(cfg):
     model = build(with_stts(cfg, aux_loss_weight=0.0)).train()
-    model(make_batch(cfg, [[(VIDEO, 4)]], seed=6)).loss.backward()
+    weight = model.cfg.stts.aux_loss_weight
+    single_batch_loss(model(make_batch(cfg, [[(VIDEO, 4)]], seed=6)), weight).backward()
     g = grads(model)
     assert sum(v for k, v in g.items() if k.startswith("vision.scorer.")) > 0
     model.zero_grad(set_to_none=True)
-    model(make_batch(cfg, [[(IMAGE, 1)], [(IMAGE, 1)]], seed=6)).loss.backward()
+    images = make_batch(cfg, [[(IMAGE, 1)], [(IMAGE, 1)]], seed=6)
+    single_batch_loss(model(images), weight).backward()
     g = grads(model)
     assert sum(v for k, v in g.items() if k.startswith("vision.scorer.")) == 0
 
@@ -229,7 +232,7 @@ def test_keep_ratio_one_reproduces_unpruned_model(cfg):
 def test_text_only_batch_still_runs_every_module(cfg):
     model = build(cfg).train()
     out = model(make_batch(cfg, [[], []], seed=15))
-    out.loss.backward()
+    single_batch_loss(out, cfg.stts.aux_loss_weight).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} got no gradient: ZeRO-3 would hang on a text-only rank"
 

@@ -1,4 +1,4 @@
-"""Collation: boundaries, positions, item bookkeeping, loss normalisation, validation."""
+"""Collation: boundaries, positions, item bookkeeping, loss tokens, validation."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_row_layout(tiny_model_cfg, make_sample):
     a = make_sample(cfg, "a", [(2, 3)], prompt=4, answer=3, seed=0)
     b = make_sample(cfg, "b", [], prompt=5, answer=2, seed=1)
     c = make_sample(cfg, "c", [(1, 1), (2, 2)], prompt=2, answer=2, seed=2)
-    mb = collate_row([a, b, c], cfg, num_loss_tokens=123.0)
+    mb = collate_row([a, b, c], cfg)
     lens = [a.input_ids.numel(), b.input_ids.numel(), c.input_ids.numel()]
     assert mb.cu_seqlens_B1.dtype == torch.int32
     assert mb.cu_seqlens_B1.tolist() == [0, lens[0], lens[0] + lens[1], sum(lens)]
@@ -28,7 +28,7 @@ def test_row_layout(tiny_model_cfg, make_sample):
     assert mb.item_frames_I.tolist() == [3, 1, 2] and mb.item_modality_I.tolist() == [2, 1, 2]
     assert mb.item_sample_I.tolist() == [0, 2, 2]
     assert mb.pixels_FNC.shape == (6, cfg.vit.num_patches, cfg.vit.patch_dim)
-    assert mb.sample_keys == ["a", "b", "c"] and mb.num_loss_tokens == 123.0
+    assert mb.sample_keys == ["a", "b", "c"]
     pos = llm_positions(mb.cu_seqlens_B1)
     assert pos.tolist() == list(range(lens[0])) + list(range(lens[1])) + list(range(lens[2]))
 
@@ -42,12 +42,13 @@ def test_text_only_row(tiny_model_cfg, make_sample):
     assert mb.pixels_FNC.shape[0] == 0 and mb.item_frames_I.numel() == 0
 
 
-def test_collate_plan_uses_the_global_loss_count(tiny_model_cfg, make_sample):
+def test_collate_plan_keeps_every_rank_row(tiny_model_cfg, make_sample):
     samples = [make_sample(tiny_model_cfg, str(i), [], 3, 2 + i, i) for i in range(6)]
     ranks = [[[0, 1], [2]], [[3], [4, 5]]]
     batches = collate_plan(ranks, samples, tiny_model_cfg)
-    total = sum(s.meta.num_loss_tokens for s in samples)
-    assert [[mb.num_loss_tokens for mb in rank] for rank in batches] == [[total, total], [total, total]]
+    loss_tokens = [[int((mb.labels_S != -100).sum()) for mb in rank] for rank in batches]
+    planned = [[sum(samples[i].meta.num_loss_tokens for i in row) for row in r] for r in ranks]
+    assert loss_tokens == planned
     assert [[mb.sample_keys for mb in rank] for rank in batches] == [[["0", "1"], ["2"]], [["3"], ["4", "5"]]]
 
 

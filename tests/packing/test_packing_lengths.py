@@ -91,7 +91,7 @@ def test_lengths_equal_what_the_model_runs(tiny_model_cfg, make_sample, keep):
     assert out.stats["llm_tokens"] == sum(llm_tokens(m, g) for m in metas)
     assert out.stats["vit_patches_in"] == sum(vit_tokens_pre(m, g) for m in metas)
     assert out.stats["vit_patches_kept"] == sum(vit_tokens_post(m, g) for m in metas)
-    assert out.num_loss_tokens == sum(m.num_loss_tokens for m in metas)
+    assert int(out.num_loss_tokens) == sum(m.num_loss_tokens for m in metas)
     # one by one too (per-sample lengths, not just the row total)
     for s in samples:
         with torch.no_grad():
