@@ -1,4 +1,4 @@
-"""Packing config: token budgets per micro-batch and the planner (owned by issue 3).
+"""Packing config: token budgets per micro-batch and the planner.
 
 The planner (`stts_train.data.planner`) turns a window of streamed samples into, for every
 data-parallel rank, the same number of packed rows (micro-batches). See that module for the

@@ -27,7 +27,7 @@ pool indices carried over to the next window):
   largest frame count (ViT), micro-batches dealt round-robin to ranks.
 - `ffd`: first-fit-decreasing packing by LLM tokens under both budgets, then packs dealt
   round-robin to ranks (pack-then-assign, as Megatron-LM / torchtitan).
-- `knapsack`: Molmo2's dynamic packer (spec/stts.md 4.2): a buffer of `knapsack_buffer`
+- `knapsack`: Molmo2's dynamic packer (docs/stts.md#packing): a buffer of `knapsack_buffer`
   samples, a 0/1 knapsack per row over (quantised LLM tokens, frames) maximising
   tokens + w * frames, rows dealt round-robin to ranks.
 Every algorithm gives each rank the same number of rows; rows that would make the count uneven

@@ -1,6 +1,7 @@
 """Qwen3-style decoder (Molmo2's language model) over packed variable-length sequences.
 
-Shape legend: S packed tokens, E width, H query heads, Hkv key/value heads, Dh head dim.
+Shape legend (AGENTS.md#shape-legend): S packed tokens, E LLM width, H query heads, Hkv
+key/value heads, D head dim (`x_SHD`, `cos_SD`; X in `freqs_SX` is half of it), X loss tokens.
 Module names follow Hugging Face Molmo2's text model.
 """
 
