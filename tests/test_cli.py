@@ -14,6 +14,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stts_train.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_top_level_help_lists_every_command():
     out = run_cli("--help")
     assert out.returncode == 0
@@ -40,6 +41,7 @@ def test_every_subcommand_has_help(path):
     assert e.value.code == 0
 
 
+@pytest.mark.slow
 def test_bad_config_is_a_clean_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  nonsense: 1\n")

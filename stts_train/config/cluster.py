@@ -1,4 +1,4 @@
-"""Cluster submission config (issue 6): where `stts-train submit` runs the training entry point.
+"""Cluster submission config: where `stts-train submit` runs the training entry point.
 
 `cluster.kind` picks the backend (`local`, `slurm`, `ray`); the `slurm` and `ray` sections hold
 each backend's resources. `cluster.env` is exported to every rank on every backend (NCCL and

@@ -1,4 +1,4 @@
-"""Data config: shards, decoding, streaming (owned by the data pipeline, issue 5)."""
+"""Data config: shards, decoding, streaming (owned by the data pipeline, `pipelines/`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Engine config: parallel layout, optimizer, training loop, checkpoints, metrics (issue 4)."""
+"""Engine config: parallel layout, optimizer, training loop, checkpoints, metrics."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class LlmConfig:
 
 @dataclass(kw_only=True)
 class SttsConfig:
-    """STTS: learned spatio-temporal token scoring inside the ViT (spec/stts.md, decisions in section 11)."""
+    """STTS: learned spatio-temporal token scoring inside the ViT (docs/stts.md#decisions)."""
 
     keep_ratio: float = 0.5
     """Fraction of each video's 3x3 groups kept (1.0 = no pruning). Pruned per video =

@@ -1,11 +1,11 @@
-"""Conformance runner for the training-free pruner goldens (shared/golden/pruners/README.md).
+"""Conformance runner for the training-free pruner goldens (docs/pruners.md#golden-vectors).
 
     results = run_pruner_goldens("shared/golden/pruners")
     print(summarize(results))           # "N passed, M failed"
 
 Every ``<variant>/<case>.json`` below the directory is run: the pruner for ``variant`` is built
 from the case's ``hyperparameters`` with exactly the ``quirks`` it lists, fed the case inputs and
-saved noise, and every output the case lists is compared (README section 6):
+saved noise, and every output the case lists is compared:
     float outputs   atol/rtol from the case ``tolerance`` (1e-5/1e-5 if an output has none);
     integer outputs exact;
     the row count must equal ``expected_output_tokens``;

@@ -1,12 +1,12 @@
-"""Run our STTS implementation on the golden vectors (contract: golden/stts/README.md).
+"""Run our STTS implementation on the golden vectors (docs/stts.md#golden-vectors).
 
 Golden batches are B rows of T frame slots, each row holding example slots (num_images,
 modality) followed by padding frames. We map a row onto our flat item layout: the row's examples
 in slot order, then one non-prunable pseudo-item for the padding frames. Budgets use the exact
-floor(G * rho * n) (README section 2.3). Both scorer variants are implemented: the reference's
+floor(G * rho * n) (docs/stts.md#budget). Both scorer variants are implemented: the reference's
 flat previous frame (`scores`) and the per-example reset (`scores_example_reset`). Our ViT does
 not refill lonely frames, so `vit_forward.hidden_last` is compared on `compare_mask`, as the
-README prescribes for implementations without refill.
+case's rule prescribes for implementations without refill.
 """
 
 from __future__ import annotations
@@ -229,24 +229,26 @@ RUNNERS = {
 }
 
 
+def run_case(json_path: str | Path) -> CaseResult:
+    """Run and check one STTS golden case; a runner that raises gives a failed result."""
+    json_path = Path(json_path)
+    case = load_case(json_path)
+    component = case.meta.get("component", json_path.parent.name)
+    runner = RUNNERS.get(component)
+    if runner is None:
+        return CaseResult(component, case.name, False, f"unknown component {component!r}")
+    try:
+        actual = runner(case)
+    except Exception as e:  # a crash is a failed case, reported with its cause
+        return CaseResult(component, case.name, False, f"raised {type(e).__name__}: {e}")
+    rules = {}
+    for name, rule in case.compare.items():
+        rules[name] = check_rule(name, actual.get(name), case.tensor(name), rule, case.tensors)
+    passed = bool(rules) and all(r.ok for r in rules.values())
+    details = "; ".join(r.message for r in rules.values())
+    return CaseResult(component, case.name, passed, details, rules)
+
+
 def run_stts_goldens(golden_dir: str | Path) -> list[CaseResult]:
-    results = []
-    for json_path in discover_cases(golden_dir):
-        case = load_case(json_path)
-        component = case.meta.get("component", json_path.parent.name)
-        runner = RUNNERS.get(component)
-        if runner is None:
-            results.append(CaseResult(component, case.name, False, f"unknown component {component!r}"))
-            continue
-        try:
-            actual = runner(case)
-        except Exception as e:  # a crash is a failed case, reported with its cause
-            results.append(CaseResult(component, case.name, False, f"raised {type(e).__name__}: {e}"))
-            continue
-        rules = {}
-        for name, rule in case.compare.items():
-            rules[name] = check_rule(name, actual.get(name), case.tensor(name), rule, case.tensors)
-        passed = bool(rules) and all(r.ok for r in rules.values())
-        details = "; ".join(r.message for r in rules.values())
-        results.append(CaseResult(component, case.name, passed, details, rules))
-    return results
+    """Run every case under ``golden_dir/<component>/<case>.json``; one CaseResult per case."""
+    return [run_case(p) for p in discover_cases(golden_dir)]

@@ -3,7 +3,7 @@
 Shape legend: S packed LLM tokens, F frames (all visual items of the row), N patches per frame,
 C patch values (3 * patch**2), I visual items, B samples in the row, G groups per frame.
 
-LLM layout (before pruning; option B of spec/stts.md section 1.8): every sample's tokens are
+LLM layout (before pruning; docs/stts.md#llm-compaction): every sample's tokens are
 contiguous; a visual item with T frames emits, per frame, its marker tokens and then exactly G
 image-patch placeholders (group raster order). The model drops the placeholders (and their
 labels) of pruned groups after the ViT and renumbers positions 0..len-1 per sample, so the

@@ -1,6 +1,6 @@
 """Length model: exact token counts of a sample from its metadata alone.
 
-Geometry (spec/stts.md 1.2, 1.5, 11): a frame is a g x g patch grid (g = image_size/patch_size,
+Geometry (docs/stts.md#geometry, #budget): a frame is a g x g patch grid (g = image_size/patch_size,
 N = g*g patches), cut into G = (g/pool)^2 groups of pool^2 patches; one group is one LLM image
 token. An image is one crop (one frame per crop) and is never pruned. A video of T frames keeps
 `kept_groups(G, T, keep_ratio)` groups (exact rational budget, frame 0 always kept).

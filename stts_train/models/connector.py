@@ -1,7 +1,8 @@
 """Molmo2 connector: concatenated ViT layers -> 3x3 attention pooling (mean query) -> SwiGLU.
 
-Shape legend: K kept patches, X kept groups (= LLM image tokens), P patches per group,
-Din concatenated feature width, D ViT width, E LLM width.
+Shape legend (AGENTS.md#shape-legend): K kept patches, X kept groups (= LLM image tokens),
+P patches per group, H heads, D feature width (the concatenated feature layers; the head dim right
+after H), E LLM width.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Qwen3-style decoder (Molmo2's language model) over packed variable-length sequences.
 
-Shape legend: S packed tokens, E width, H query heads, Hkv key/value heads, Dh head dim.
+Shape legend (AGENTS.md#shape-legend): S packed tokens, E LLM width, H query heads, Hkv
+key/value heads, D head dim (`x_SHD`, `cos_SD`), X loss tokens (`hidden_XE`; in `freqs_SX`, half
+the head dim).
 Module names follow Hugging Face Molmo2's text model.
 """
 

@@ -1,7 +1,10 @@
 """Inference with a training-free pruner (VisionZip, FastVID, HoliTom, SToP, random, heuristics).
 
-Shape legend: F frames, N patches per frame, G groups (= LLM tokens) per frame, E LLM width,
-H heads, Dh head dim, M tokens a pruner outputs for one video.
+Shape legend (AGENTS.md#shape-legend): F frames (flat), T frames of one video, N patches per
+frame (a pruner's `_TN`: its grid cells, here the G groups), C patch values, G groups (= LLM
+tokens) per frame, K kept patches, D ViT width (or head dim), E LLM width, H heads, M tokens a
+pruner outputs for one video; in `keys_FGK`, as in the pruner input's `keys_TNK`, K is the key
+width.
 
 The ViT runs unpruned. The attention each patch *receives* at `attention_layer` (mean over heads
 and queries; SigLIP has no CLS token) and that layer's head-averaged keys are pooled to the 3x3

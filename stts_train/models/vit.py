@@ -1,9 +1,10 @@
 """SigLIP-style ViT with STTS pruning inside (Molmo2's vision tower).
 
-Shape legend: F frames, N patches per frame, C patch values, D width, H heads, Dh head dim,
-G groups per frame, P patches per group, K kept patches (all frames), S tokens in a block call.
+Shape legend (AGENTS.md#shape-legend): F frames (flat), N patches per frame, C patch values,
+D ViT width (the head dim Dh right after H), H heads, G groups per frame, P patches per group,
+K kept patches (all frames), S tokens in a block call.
 
-Forward with STTS (spec/stts.md 1.3): blocks 0..prune_at on every patch of every frame; the
+Forward with STTS (docs/stts.md#vit-pruning): blocks 0..prune_at on every patch of every frame; the
 scorer reads block prune_at's output; block prune_at+1 runs on every patch with the soft key
 bias; pruned patches are then dropped and blocks prune_at+2.. run on the kept patches only, one
 varlen sequence per frame (no refill). Module names follow Hugging Face Molmo2 so weights map

@@ -1,9 +1,11 @@
 """Molmo2-architecture video VLM with STTS: ViT (+ scorer) -> connector on kept groups -> LLM.
 
-Shape legend: S packed LLM tokens before pruning, S' after, F frames, N patches per frame,
-G groups per frame, X kept groups (= LLM image tokens), E LLM width, B samples, V vocabulary.
+Shape legend (AGENTS.md#shape-legend): S packed LLM tokens before pruning, S' after, F frames
+(flat), N patches per frame, C patch values, G groups per frame, P patches per group, X rows picked
+by a mask (kept groups = LLM image tokens; loss tokens at the LM head), E LLM width, B samples,
+V vocabulary.
 
-Layout (spec/stts.md 1.8 option B): the micro-batch carries every placeholder; after the ViT the
+Layout (docs/stts.md#llm-compaction): the micro-batch carries every placeholder; after the ViT the
 placeholders (and labels) of pruned groups are dropped and positions renumbered 0..len-1 per
 sample, so every later LLM layer sees exactly the kept tokens.
 """
@@ -70,7 +72,7 @@ class Molmo2VLM(nn.Module):
         std = self.cfg.init_std
         for name, module in self.named_modules():
             if ".scorer" in f".{name}":
-                continue  # the scorer has its own init (spec 1.4)
+                continue  # the scorer has its own init (docs/stts.md#scorer)
             if isinstance(module, nn.Linear):
                 fan_in = module.weight.shape[1]
                 nn.init.normal_(module.weight, std=fan_in**-0.5 if self.cfg.init_scheme == "fan_in" else std)

@@ -1,16 +1,18 @@
-"""One interface for every video-token pruner (issue 7).
+"""One interface for every video-token pruner (docs/pruners.md#interface).
 
 A pruner sees one video at a time at its pruning point and returns the tokens it keeps (or
 merges), each tagged with the frame and grid position it stands for, so that the LLM layout, the
 sequence packer and varlen attention can consume any pruner's output unchanged.
 
-Shape legend (suffixes of tensor names):
+Shape legend (suffixes of tensor names; AGENTS.md#shape-legend):
     T  frames of the video
-    N  tokens per frame on the pruning grid (rows * cols; n in the specs)
+    N  cells per frame of the pruning grid (rows * cols; in the model, the connector's groups)
     D  feature width at the pruning point
+    M  output tokens of a pruner
+  local to the pruner interface:
     K  key width (VisionZip keys, head-averaged)
     G  width of the per-frame global feature (FastVID)
-    M  output tokens of a pruner
+    W  HoliTom windows (``windows_W2``: first and last frame)
 
 Registry names (``available_pruners()``):
     random, visionzip, fastvid, holitom, stop_visionzip, stop_fastvid, stop_holitom,
@@ -19,7 +21,7 @@ Registry names (``available_pruners()``):
                                   config) because it needs ViT internals and trains with the model;
                                   ``get_pruner("stts")`` raises an error that says so.
 
-Spec: /shared/spec/pruners.md, /shared/golden/pruners/README.md, /shared/spec/stts.md section 7.
+Map: docs/pruners.md; golden conformance: stts_train/conformance/pruners.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exact STTS budgets (spec/stts.md section 11): pruned groups per video = floor(G * rho * T)
+"""Exact STTS budgets (docs/stts.md#budget): pruned groups per video = floor(G * rho * T)
 with rho = 1 - keep_ratio, in rational arithmetic so a product never lands just below an integer."""
 
 from __future__ import annotations

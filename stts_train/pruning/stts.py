@@ -1,7 +1,9 @@
-"""STTS: spatio-temporal token scoring (spec/stts.md sections 1-3, decisions in section 11).
+"""STTS: spatio-temporal token scoring (docs/stts.md#scorer to #aux-loss, choices: #decisions).
 
-Shape legend: F frames (flat, item after item), N patches per frame, D ViT width, G groups per
-frame (pool x pool windows of patches), P patches per group, V videos.
+Shape legend (AGENTS.md#shape-legend): F frames (flat, item after item), T frames of one video,
+N patches per frame, D ViT width (the head dim right after H), H heads, G groups per frame
+(pool x pool windows of patches), P patches per group, X flattened rows (the F * G groups in the
+pooler, the G * P patch slots of a frame in `group_to_patch`).
 
 Pieces, each usable on its own (the conformance runner checks them against the goldens):
 - `group_index`: the (G, P) table of patch indices of every group;

@@ -22,6 +22,7 @@ CONFIG = REPO / "tests" / "cluster" / "configs" / "fake_tiny.yaml"
 FAKE = REPO / "tests" / "cluster" / "fake_train.py"
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_prints_script_and_resolved_config(tmp_path):
     out = stts_cli(
         [
@@ -110,6 +111,7 @@ def _stub(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("rank_exit", "restarts", "job_state", "want_rc", "want_requeue"),
     [
@@ -157,6 +159,7 @@ def test_batch_script_requeues_only_preempted_runs_within_budget(
     assert "stts-rank stts-train train" in log, log
 
 
+@pytest.mark.slow
 def test_ray_dry_run_shows_runtime_env_without_token(tmp_path):
     env = {"RAY_AUTH_TOKEN": "secret-token-value"}
     out = stts_cli(
@@ -169,6 +172,7 @@ def test_ray_dry_run_shows_runtime_env_without_token(tmp_path):
     assert "secret-token-value" not in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_local_submit_runs_two_ranks_and_resumes(tmp_path):
     entry = ["--entry", f"{sys.executable} {FAKE}"]
     env = {"FAKE_TRAIN_STEP_S": "0"}
@@ -200,6 +204,7 @@ def test_run_names():
     assert naming.current_run_name("tiny", {}).endswith("-local")
 
 
+@pytest.mark.slow
 def test_commands_have_help():
     for name in ("submit", "status", "cancel"):
         out = stts_cli([name, "--help"])

@@ -15,6 +15,8 @@ from pipelines.storage import Storage, StorageOptions
 from stts_train.cli import main
 from stts_train.errors import DataError
 
+pytestmark = pytest.mark.slow  # local Ray (and a moto S3 server)
+
 
 def test_build_local_layout_and_idempotent(built_local, source_dir, videos, spec):
     m = json.loads(open(os.path.join(built_local, "manifest.json")).read())

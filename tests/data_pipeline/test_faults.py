@@ -12,6 +12,7 @@ from stts_train.errors import DataError
 from .conftest import data_cfg
 
 
+@pytest.mark.slow
 def test_build_and_stream_through_faulty_s3(source_dir, ray_local, s3_bucket, fault_proxy, spec):
     proxy = fault_proxy(fail_every=4, stall_every=9, stall_s=2.5)
     opts = StorageOptions(endpoint_url=proxy.url, read_timeout_s=1.0, connect_timeout_s=1.0,

@@ -28,6 +28,7 @@ def keys_of(stream, n=None):
     return out
 
 
+@pytest.mark.slow
 def test_epoch_covers_every_sample_once_and_is_deterministic(built_local, spec):
     cfg = data_cfg(built_local, num_epochs=2)
     per_rank = [keys_of(open_stream(cfg, spec, r, 3)) for r in range(3)]
@@ -44,6 +45,7 @@ def test_epoch_covers_every_sample_once_and_is_deterministic(built_local, spec):
     assert a.source.shard_url.endswith(".tar") and a.metadata["key"] == a.key
 
 
+@pytest.mark.slow
 def test_metadata_and_text_fields(built_local, spec):
     seen = {s.key: s for s in open_stream(data_cfg(built_local), spec, 0, 1)}
     s0 = seen["s000"]
@@ -54,6 +56,7 @@ def test_metadata_and_text_fields(built_local, spec):
     assert singles and all(s.modality == 1 and s.num_frames == 1 for s in singles)
 
 
+@pytest.mark.slow
 def test_resume_same_dp_size_is_exact(built_local, spec):
     cfg = data_cfg(built_local, num_epochs=3)
     full = keys_of(open_stream(cfg, spec, 1, 2))
@@ -79,6 +82,7 @@ def _consume_items(stream, n):
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(d1=st.integers(1, 4), d2=st.integers(1, 5), d3=st.integers(1, 3),
@@ -103,6 +107,7 @@ def test_resharding_never_repeats_or_skips(built_local, spec, d1, d2, d3, takes)
     assert sorted(consumed) == sorted(list(range(10)) * 2)
 
 
+@pytest.mark.slow
 def test_resume_different_dp_size_decoded(built_local, spec):
     cfg = data_cfg(built_local)
     streams = [open_stream(cfg, spec, r, 2) for r in range(2)]
@@ -113,6 +118,7 @@ def test_resume_different_dp_size_decoded(built_local, spec):
     assert sorted(got) == [f"s{i:03d}" for i in range(10)]
 
 
+@pytest.mark.slow
 def test_ray_stream_matches_sync_and_shuts_down(built_local, spec, ray_local):
     cfg = data_cfg(built_local, num_epochs=2)
     sync = open_stream(cfg, spec, 0, 2)

@@ -15,6 +15,8 @@ from stts_train.testing import run_distributed_test
 
 from .test_parity import tiny_config
 
+pytestmark = pytest.mark.slow  # gloo ranks (run_distributed_test)
+
 
 def test_mixed_modality_ranks_finish_under_zero3(tmp_path):
     # keep_ratio 0.5: a 2-frame video loses every prunable group (fully pruned after frame 0)

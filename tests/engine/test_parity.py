@@ -10,6 +10,8 @@ from workers import toy_config, train_worker
 
 from stts_train.testing import run_distributed_test
 
+pytestmark = pytest.mark.slow  # gloo ranks (run_distributed_test)
+
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 
@@ -71,7 +73,6 @@ def test_tp2_dp2_zero3_matches_single_process(toy_reference, tmp_path):
     _compare(toy_reference, got)
 
 
-@pytest.mark.slow
 def test_real_model_zero3_dp2_and_tp2_match_single_process(tmp_path):
     """The Molmo2 model (configs/tiny_cpu.yaml) through the same engine paths.
 

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from workers import read_jsonl, toy_config
+
+pytestmark = pytest.mark.slow  # `stts-train train` subprocesses
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]

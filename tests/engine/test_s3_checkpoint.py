@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import boto3
+import pytest
+
+pytestmark = pytest.mark.slow  # moto S3 server + `stts-train` subprocesses
 
 
 def train(run_dir, steps, env, *extra, expect_killed=False):

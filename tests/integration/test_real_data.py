@@ -32,6 +32,7 @@ def demo_job(path, *extra):
                                              "train.micro_batches_per_step=2", *extra])
 
 
+@pytest.mark.slow
 def test_loader_rows_respect_budgets_and_resume_exactly(shards):
     job = demo_job(shards / "train", "packing.max_llm_tokens=600")
     src = PipelineSource(job, 0, 1)
@@ -85,6 +86,7 @@ def _one_epoch(path: str) -> dict:
     return {"steps": steps, "stats": stats, "replay": replay, "exhausted": exhausted}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_ranks_plan_globally_and_exchange_samples(shards, ranks):
     """Ranks decode their own shares, plan the union (balanced) and swap samples: over one epoch
@@ -109,6 +111,7 @@ def test_ranks_plan_globally_and_exchange_samples(shards, ranks):
     assert all(0.0 <= s["moved_fraction"] <= 1.0 and s["planned_imbalance"] >= 0.0 for s in out[0]["stats"])
 
 
+@pytest.mark.slow
 def test_eval_scores_choices_and_evidence(shards):
     job = demo_job(shards / "eval")
     torch.manual_seed(0)
@@ -140,6 +143,7 @@ def test_evidence_groups_map_boxes_to_the_grid(tiny_config):
     assert not mask[0].any()
 
 
+@pytest.mark.slow
 def test_train_streams_shards_from_s3(shards, tmp_path, moto_url, s3_bucket):
     """`stts-train train` on shards in a real S3 server (moto): data build to s3://, 2 ranks, Ray decoding."""
     import json

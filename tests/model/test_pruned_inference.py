@@ -1,4 +1,4 @@
-"""Every training-free pruner inside our model, on a real decoded clip (issue 7)."""
+"""Every training-free pruner inside our model, on a real decoded clip (docs/pruners.md)."""
 
 from __future__ import annotations
 

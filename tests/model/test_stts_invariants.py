@@ -1,4 +1,4 @@
-"""The invariants of spec/stts.md section 9, on the tiny model (fp32, CPU)."""
+"""The STTS invariants (docs/stts.md#tests), on the tiny model (fp32, CPU)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def test_bad_metadata_is_rejected():
         SampleMeta(key="x", modalities=(2,), frames=(0,))
     with pytest.raises(DataError):
         SampleMeta(key="x", num_text_tokens=3, num_loss_tokens=4)
-    with pytest.raises(LayoutError):  # a one-frame video cannot be pruned (spec 11)
+    with pytest.raises(LayoutError):  # a one-frame video cannot be pruned (docs/stts.md#budget)
         llm_tokens(SampleMeta(key="x", modalities=(2,), frames=(1,)), geom(0.5))
 
 

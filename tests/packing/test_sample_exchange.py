@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from stts_train.testing import run_distributed_test
+
+pytestmark = pytest.mark.slow  # gloo ranks (run_distributed_test)
 
 
 def _exchange_worker() -> dict:

@@ -16,7 +16,7 @@ def pruner_golden_dir() -> Path:
     if not (PRUNER_GOLDENS / "README.md").is_file():
         raise FileNotFoundError(
             f"pruner goldens not found at {PRUNER_GOLDENS}; the 'shared' folder must sit beside "
-            "the repository root (see shared/README.md)"
+            "the repository root (CI checks it out there)"
         )
     return PRUNER_GOLDENS
 

@@ -1,7 +1,8 @@
 """Packed (variable-length) attention shared by the ViT and the LLM.
 
-Shape legend: S packed tokens (all sequences back to back), H query heads, Hkv key/value heads,
-D head dim, B+1 entries in `cu_seqlens` (sequence boundaries).
+Shape legend (AGENTS.md#shape-legend): S packed tokens (all sequences back to back), B sequences
+(B+1 entries in `cu_seqlens`), L tokens of one sequence, H query heads, Hkv key/value heads,
+D head dim.
 
 Backends, chosen per call by `resolve_backend`:
 - "flash": `flash_attn_varlen_func` (CUDA, flash-attn installed);

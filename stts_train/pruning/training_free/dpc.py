@@ -1,12 +1,13 @@
 """Density-peak clustering score (DPC-kNN), shared by FastVID and HoliTom, and its noise source.
 
-Golden README section 4.0:
+As the goldens define it (docs/pruners.md#density-peaks):
     dist  = cdist(x, x) / sqrt(D)
     rho_i = exp(-mean_{k nearest j} dist_ij^2) + 1e-6 * u_i     (k nearest include dist_ii = 0)
     delta_i = min_j {dist_ij if rho_j > rho_i else dist_max}    (dist_max: max of the matrix)
     score_i = delta_i * rho_i
 
-Legend: B independent problems (frames or windows), P points per problem, D feature width.
+Legend (AGENTS.md#shape-legend): D feature width; local here: B independent problems (frames or
+windows), P points per problem.
 """
 
 from __future__ import annotations

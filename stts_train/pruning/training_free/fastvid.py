@@ -1,6 +1,6 @@
 """FastVID (official LLaVA-OneVision version) and SToP + FastVID.
 
-Golden README sections 4.4-4.5, spec/pruners.md section 3.2.
+Golden variants `fastvid_ov`, `stop_fastvid` (docs/pruners.md#fastvid).
 
 Budgets: R = int(N * r), C = int(R * d) context tokens, S = R - C salient tokens per frame.
   1. DySeg: sigma_t = cos(G_t, G_t+1); cuts = sorted unique(the c-1 smallest sigma, {sigma < tau});
@@ -16,8 +16,9 @@ Budgets: R = int(N * r), C = int(R * d) context tokens, S = R - C salient tokens
      w_k = max(1/(n_k+1), beta), ctx_k = w_k * anchor + (1 - w_k) * mean(assigned) (kind 1).
   7. Output sorted by flat index frame * N + position.
 
-Legend: T frames, N tokens per frame, D feature width, G global feature width, S salient per frame,
-R non-salient ("rest") per frame = N - S, A anchors, P pool tokens.
+Legend (AGENTS.md#shape-legend): T frames, N tokens per frame, D feature width, M output tokens;
+local here: G global feature width, S salient per frame, R non-salient ("rest") per frame = N - S,
+A anchors, P pool tokens.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""STTS's training-free heuristic ablations (spec/stts.md section 7, ``prune_method``).
+"""STTS's training-free heuristic ablations (docs/pruners.md#stts-heuristics, ``prune_method``).
 
 Both score every token by its novelty 1 - cos(x[t, p], ref[p]) and prune, per video, the
 pruned_groups(N, T, keep_ratio) lowest-novelty tokens with one global ranking over the video
@@ -16,7 +16,7 @@ selection. Ties go to the earlier flat index (stable sort). Output: kept tokens 
   (The reference snapshot's heuristic paths are stale and crash, so this is our reading of the
   description, not a bit-parity port.)
 
-Legend: T frames, N tokens per frame, D feature width, M kept tokens.
+Legend (AGENTS.md#shape-legend): T frames, N tokens per frame, D feature width, M kept tokens.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """HoliTom: outer-LLM pruning (temporal windows + static clusters + dynamic top-k), SToP + HoliTom,
 and the inner-LLM merge function.
 
-Golden README sections 4.6-4.8, spec/pruners.md section 4.
+Golden variants `holitom_outer`, `stop_holitom`, `holitom_inner` (docs/pruners.md#holitom).
 
 Outer:
   1. sim[t, p] = cos(x[t, p], x[t+1, p]);  P[s, e] = (e-s) * #{p : sim[k, p] > tau, k = s..e-1}.
@@ -13,8 +13,10 @@ Outer:
      ascending), others to the nearest centre (Euclidean), token = beta*centre + (1-beta)*mean.
   4. Output per window: [c static (kind 2, frame s), frame s dynamics, ..., frame e dynamics].
 
-Legend: T frames, N tokens per frame, D feature width, W frames in a window, Q static positions of
-a window, C cluster centres, L sequence length (inner merge), V visual tokens (inner merge).
+Legend (AGENTS.md#shape-legend): T frames, N tokens per frame, D feature width, L sequence length
+(inner merge); local here: W frames in a window, Q static positions of a window,
+C cluster centres, E candidate window ends (`run_EN`), V visual tokens, K kept and O other visual
+tokens (inner merge).
 """
 
 from __future__ import annotations
@@ -284,7 +286,7 @@ def holitom_inner_merge(
     visual_len: int,
     merge_ratio: float,
 ) -> tuple[Tensor, Tensor]:
-    """HoliTom inner-LLM merge (golden README section 4.8), prefill only.
+    """HoliTom inner-LLM merge (golden variant `holitom_inner`), prefill only.
 
     hidden_LD: hidden states entering LLM layer k; attention_last_query_L: layer k-1's head-mean
     attention from the last position. Keeps round(V * (1 - merge_ratio)) visual tokens by that

@@ -1,4 +1,4 @@
-"""Random pruning baseline (spec/pruners.md section 5; STTS's random ablation).
+"""Random pruning baseline (docs/pruners.md#random; STTS's random ablation).
 
 Per frame keep R = floor(N * keep_ratio) positions drawn without replacement, in ascending order;
 with ``per_video_total=True`` the video instead keeps T * R tokens drawn over all T * N (frames may
@@ -8,7 +8,8 @@ Draws come from ``PrunerInput.generator`` (one per video), else from a fresh gen
 ``seed``: never from the global RNG, so a video's result does not depend on its batch neighbours.
 Budgets are exact (rational arithmetic on the typed ratio, no float product).
 
-Legend: T frames, N tokens per frame, D feature width, R kept per frame, M kept per video.
+Legend (AGENTS.md#shape-legend): T frames, N tokens per frame, D feature width, M kept per video;
+local here: R kept per frame.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """SToP (sink-token-aware pruning): the sink score and its spatial (STSP) / temporal (STTP) uses.
 
-Golden README section 4.1, spec/pruners.md section 1:
+Used by every `stop_*` golden variant (docs/pruners.md#stop):
     u_p = (mean_t A[t, p]) ** gamma
     s_p = (u_p - min u) / (max u - min u + 1e-12)           one row, shared by every frame
     STSP: rank by A[t, p] - mu_s * s_p
     STTP: static iff cos(x_t,p, x_t+1,p) + mu_t * s_p > threshold for every pair of the window
 
 The SToP wrappers of VisionZip / FastVID / HoliTom (visionzip.py, fastvid.py, holitom.py) use these.
-Legend: T frames, N tokens per frame.
+Legend (AGENTS.md#shape-legend): T frames, N tokens per frame; local here: W frames of a window.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """VisionZip, SigLIP/video port (no CLS token), and SToP + VisionZip.
 
-Golden README sections 4.2-4.3, spec/pruners.md section 2.2. Per frame t:
+Golden variants `visionzip_video`, `stop_visionzip` (docs/pruners.md#visionzip). Per frame t:
   1. d = int(S * dominant_ratio) dominant tokens = top-d of the ranking (attention, or the STSP
      ranking for SToP), output in ascending position order;
   2. the other M = N - d positions (ascending) form ``rest``; their keys are L2-normalised;
@@ -13,8 +13,9 @@ Output: T * S tokens; kind 0 dominant, kind 1 contextual (position = the target'
 The ``grid`` LLaVA-Video layout (and its position-scramble bug) is a property of the host model's
 token layout and is not reproduced here.
 
-Legend: T frames, N tokens per frame, D feature width, K key width, M non-dominant tokens per
-frame, C contextual tokens per frame, S tokens per frame kept.
+Legend (AGENTS.md#shape-legend): T frames, N tokens per frame, D feature width; local here:
+K key width, d dominant and M non-dominant tokens per frame, C contextual tokens per frame,
+O non-target tokens of the rest, S tokens kept per frame.
 """
 
 from __future__ import annotations
