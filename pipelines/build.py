@@ -23,10 +23,10 @@ import logging
 import os
 from typing import Any
 
+from pipelines.errors import DataError
 from pipelines.schema import MANIFEST_NAME, SCHEMA_VERSION, SampleRecord, sanitize_key
 from pipelines.shard_writer import ShardWriter
 from pipelines.storage import Storage, StorageOptions
-from stts_train.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,11 @@
-"""Bounded tolerance for bad samples: skip, count, log with the key; stop after N in a row.
+"""Errors of the data pipeline, and bounded tolerance for bad samples.
 
-`MemoryError`, `ImportError` and `KeyboardInterrupt` are never swallowed.
+`STTSError` (errors a user can act on) and `DataError` are defined here, the lowest layer, so
+`pipelines` imports nothing from `stts_train`; `stts_train.errors` re-exports both, and
+`except DataError` / `except STTSError` catch the same classes everywhere.
+
+Bad samples: skip, count, log with the key; stop after N in a row. `MemoryError`, `ImportError`
+and `KeyboardInterrupt` are never swallowed.
 """
 
 from __future__ import annotations
@@ -9,9 +14,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from stts_train.errors import DataError
-
 log = logging.getLogger(__name__)
+
+
+class STTSError(Exception):
+    """Base class for errors a user can act on (the CLI prints them without a traceback)."""
+
+
+class DataError(STTSError):
+    """Input data is malformed or cannot be read."""
+
 FATAL = (MemoryError, ImportError, KeyboardInterrupt, SystemExit)
 
 

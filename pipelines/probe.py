@@ -11,8 +11,7 @@ import io
 import os
 from typing import Any
 
-from pipelines.errors import FATAL, SampleError
-from stts_train.errors import DataError
+from pipelines.errors import FATAL, DataError, SampleError
 
 
 def probe_bytes(data: bytes, name: str) -> dict[str, Any]:

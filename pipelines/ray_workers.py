@@ -21,6 +21,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from pipelines.work import run_work_item
+
 log = logging.getLogger(__name__)
 
 
@@ -98,8 +100,6 @@ class DecodeWorker:
 
     def process(self, items: list[Any], queue: Any = None) -> list[Any]:
         """Decode work items; push (seq, result) to `queue` when given, else return them."""
-        from pipelines.stream import run_work_item
-
         out = []
         for item in items:
             result = run_work_item(item, self.storage, self.spec, self.backend, self.threads)

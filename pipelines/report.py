@@ -18,6 +18,17 @@ from pipelines.storage import StorageOptions
 from pipelines.stream import Dataset
 
 
+def verify_spec(image_size: int, frames: int) -> DecodeSpec:
+    """Decode settings for `data verify`: `frames` frames at `image_size` pixels, no fps cap.
+
+    Verifying needs no model, so the patch size is 14 or 16 where it divides `image_size`
+    (else the whole image).
+    """
+    patch = 14 if image_size % 14 == 0 else 16 if image_size % 16 == 0 else image_size
+    return DecodeSpec(image_size=image_size, patch_size=patch, mean=(0.5, 0.5, 0.5),
+                      std=(0.5, 0.5, 0.5), max_frames=frames, max_fps=1000.0)
+
+
 def verify(root: str, spec: DecodeSpec, opts: StorageOptions | None = None,
            backend: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Read every shard sequentially and decode every sample. Returns a report dict."""

@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from pipelines.errors import DataError
 from pipelines.schema import SCHEMA_VERSION, index_name, shard_name
 from pipelines.storage import Storage
-from stts_train.errors import DataError
 
 
 def split_member(name: str) -> tuple[str, str]:

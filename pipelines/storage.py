@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from stts_train.errors import DataError
+from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

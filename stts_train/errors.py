@@ -1,16 +1,16 @@
-"""Exception hierarchy. Every message says what was expected, what was found and what to change."""
+"""Exception hierarchy. Every message says what was expected, what was found and what to change.
 
+`STTSError` and `DataError` live in `pipelines/errors.py` (the data pipeline imports nothing from
+`stts_train`) and are re-exported here; import them from either place.
+"""
 
-class STTSError(Exception):
-    """Base class for errors a user can act on."""
+from pipelines.errors import DataError, STTSError
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "LayoutError", "STTSError"]
 
 
 class ConfigError(STTSError, ValueError):
     """A configuration file or override is invalid."""
-
-
-class DataError(STTSError):
-    """Input data is malformed or cannot be read."""
 
 
 class CheckpointError(STTSError):

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-STTS_COMPONENTS = {"scorer", "selection", "soft_bias", "aux_loss", "vit_forward"}
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,37 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _suites(root: Path) -> list[tuple[str, Path]]:
-    children = {c.name for c in root.iterdir() if c.is_dir()}
-    if children & STTS_COMPONENTS:
-        return [("stts", root)]
-    suites = []
-    if (root / "stts").is_dir():
-        suites.append(("stts", root / "stts"))
-    if (root / "pruners").is_dir():
-        suites.append(("pruners", root / "pruners"))
-    return suites or [("pruners", root)]
-
-
 def run(args: argparse.Namespace) -> int:
     from stts_train.conformance.common import summarize
-    from stts_train.errors import DataError
+    from stts_train.conformance.run import run_goldens
 
-    root: Path = args.dir
-    if not root.is_dir():
-        raise DataError(f"golden directory {root} does not exist; pass e.g. ../shared/golden/stts")
-    results = []
-    for suite, path in _suites(root):
-        if suite == "stts":
-            from stts_train.conformance.stts import run_stts_goldens as runner
-        else:
-            from stts_train.conformance.pruners import run_pruner_goldens as runner
-        results.extend(runner(path))
+    results = run_goldens(args.dir)
     for result in results:
         if not (args.quiet and result.passed):
             print(result)
     if not results:
-        print(f"no golden cases found under {root}", file=sys.stderr)
+        print(f"no golden cases found under {args.dir}", file=sys.stderr)
         return 1
     print(summarize(results))
     return 0 if all(r.passed for r in results) else 1

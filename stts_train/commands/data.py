@@ -72,13 +72,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from pipelines.report import verify
-    from pipelines.schema import DecodeSpec
+    from pipelines.report import verify, verify_spec
 
-    spec = DecodeSpec(image_size=args.image_size, patch_size=14 if args.image_size % 14 == 0
-                      else 16 if args.image_size % 16 == 0 else args.image_size,
-                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), max_frames=args.frames,
-                      max_fps=1000.0)
+    spec = verify_spec(args.image_size, args.frames)
     report = verify(args.path, spec, _opts(args), backend=args.decoder,
                     progress=not args.no_progress)
     for f in report["failures"]:

@@ -32,35 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from stts_train.config import load_config
-    from stts_train.data.loader import eval_stream
-    from stts_train.errors import ConfigError
-    from stts_train.evaluate import Evaluator, load_trained_model
-    from stts_train.models.tokenizer import load_tokenizer
+    from stts_train.eval.run import evaluate_checkpoint
 
     job = load_config(args.config, args.overrides)
-    keep = job.model.stts.keep_ratio if args.keep is None else args.keep
-    if not 0.0 < keep <= 1.0:
-        raise ConfigError(f"--keep {keep} must be in (0, 1]; use 1.0 (or --pruner none) for no pruning")
-    model = load_trained_model(args.checkpoint, job.model)
-    data_path = args.data or job.data.eval_path or job.data.path
-    evaluator = Evaluator(model, load_tokenizer(job.model), pruner=args.pruner, keep_ratio=keep,
-                          attention_layer=args.attention_layer)
-    stream = eval_stream(job, data_path, args.frames)
-    try:
-        for i, sample in enumerate(tqdm(stream, desc=f"eval {args.pruner}@{keep}", unit="q")):
-            if args.max_questions is not None and i >= args.max_questions:
-                break
-            evaluator.add(sample, qtype=str((sample.evidence or {}).get("qtype", "all")))
-    finally:
-        stream.close()
-    summary = {"pruner": args.pruner, "keep_ratio": keep, "frames": args.frames or job.data.max_frames,
-               "data": data_path, **evaluator.result.summary()}
+    summary = evaluate_checkpoint(
+        job, args.checkpoint, data_path=args.data, pruner=args.pruner, keep_ratio=args.keep,
+        frames=args.frames, attention_layer=args.attention_layer, max_questions=args.max_questions,
+    )
     text = json.dumps(summary, indent=1)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-    return 0 if summary["questions"] else (print("no questions evaluated", file=sys.stderr) or 1)
+    if not summary["questions"]:
+        print("no questions evaluated", file=sys.stderr)
+        return 1
+    return 0

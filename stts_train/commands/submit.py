@@ -116,58 +116,14 @@ def _yaml_str(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from stts_train.config import dump_config, load_config
+    from cluster.submit import dry_run, submit
+    from stts_train.config import load_config
 
     overrides = list(args.overrides)
     cfg = load_config(args.config, overrides + flag_overrides(args))
     kind = args.cluster or cfg.cluster.kind
     config_path = Path(args.config).resolve()
-
-    if kind == "local":
-        from cluster import local
-
-        if args.dry_run:
-            print(" ".join(shlex.quote(a) for a in local.command(cfg, config_path, overrides)))
-            print("# resolved config\n" + dump_config(cfg), end="")
-            return 0
-        return local.run(cfg, config_path, overrides)
-
-    if kind == "slurm":
-        from cluster import slurm
-
-        script = slurm.render_script(cfg, config_path, overrides)
-        if args.dry_run:
-            print(script)
-            print("# resolved config\n" + dump_config(cfg), end="")
-            return 0
-        job = slurm.submit(script, slurm.log_dir_of(script))
-        print(f"Submitted Slurm job {job.job_id} ({cfg.name})")
-        print(f"  script: {job.script_path}\n  log:    {job.log_path}")
-        print(f"  status: stts-train status {job.job_id}    cancel: stts-train cancel {job.job_id}")
-        return 0
-
-    import yaml
-
-    from cluster import ray_jobs
-    from stts_train.config.base import read_yaml_with_bases
-
-    data = read_yaml_with_bases(config_path)
-    data.setdefault("name", config_path.stem)
-    config_yaml = yaml.safe_dump(data, sort_keys=False)
     if args.dry_run:
-        spec = ray_jobs.build_spec(cfg, config_yaml, overrides)
-        print(
-            f"address: {cfg.cluster.ray.address or '(none)'}\nentrypoint: {ray_jobs.DRIVER_ENTRYPOINT}"
-        )
-        print(yaml.safe_dump({"runtime_env": ray_jobs.runtime_env(cfg, spec)}, sort_keys=False))
-        print("# resolved config\n" + dump_config(cfg), end="")
+        print(dry_run(cfg, config_path, overrides, kind), end="")
         return 0
-    client, job_id = ray_jobs.submit(cfg, config_yaml, overrides)
-    print(f"Submitted Ray job {job_id} to {cfg.cluster.ray.address}", flush=True)
-    if args.no_follow:
-        print(f"  status: stts-train status {job_id} --address {cfg.cluster.ray.address}")
-        return 0
-    ray_jobs.stream_logs(client, job_id, cfg.cluster.ray.timeout_s)
-    state = ray_jobs.wait(client, job_id, cfg.cluster.ray.timeout_s)
-    print(f"[stts] Ray job {job_id} finished: {state}", flush=True)
-    return 0 if state == "SUCCEEDED" else 1
+    return submit(cfg, config_path, overrides, kind, follow=not args.no_follow)

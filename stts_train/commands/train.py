@@ -23,48 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import os
-    import sys
+    from stts_train.train.main import train_main
 
-    from stts_train.config import load_config
-    from stts_train.parallel.launch import RankEnv, detect_env, free_port, spawn_local
-    from stts_train.train.exit_codes import EXIT_CONFIG, EXIT_NONFINITE
-
-    cfg = load_config(args.config, args.overrides)  # validate before starting any rank
-    env = detect_env()
-    if env is None and cfg.parallel.num_ranks > 1:
-        return spawn_local(["train", args.config, *args.overrides], cfg.parallel.num_ranks)
-    if env is None:
-        env = RankEnv(0, 1, 0, "127.0.0.1", free_port())
-    logging.basicConfig(
-        level=logging.INFO if env.rank == 0 else logging.WARNING,
-        format=f"[rank{env.rank}] %(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
-    from stts_train.errors import STTSError
-    from stts_train.parallel.launch import init_distributed, shutdown_distributed
-    from stts_train.train.train_step import NonFiniteError
-    from stts_train.train.trainer import Trainer
-
-    init_distributed(env, cfg.parallel.backend)
-    trainer = None
-    try:
-        trainer = Trainer(cfg)
-        code = trainer.fit()
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        os._exit(EXIT_NONFINITE)  # peers may be mid-collective; do not wait at a barrier
-    except STTSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        os._exit(EXIT_CONFIG)
-    if trainer is not None:
-        trainer.close()
-    shutdown_distributed()
-    return code
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return train_main(args.config, list(args.overrides))

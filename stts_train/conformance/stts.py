@@ -27,11 +27,11 @@ from stts_train.config.model import (
 from stts_train.conformance.common import Case, CaseResult, check_rule, discover_cases, load_case
 from stts_train.constants import Modality
 from stts_train.models.common.layers import LocalLayerFactory
+from stts_train.models.stts_scorer import TemporalTokenScorer
 from stts_train.models.vit import VisionTransformer
 from stts_train.pruning.budget import exact_ratio
 from stts_train.pruning.stts import (
     FrameLayout,
-    TemporalTokenScorer,
     group_index,
     group_to_patch,
     layout_from_budgets,

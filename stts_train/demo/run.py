@@ -179,8 +179,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
 
 def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan: DemoPlan, overrides: list[str]):
     from stts_train.config import load_config
-    from stts_train.data.loader import eval_stream
-    from stts_train.evaluate import Evaluator, load_trained_model
+    from stts_train.eval.evaluator import Evaluator, load_trained_model
+    from stts_train.eval.run import evaluate_samples
     from stts_train.models.tokenizer import load_tokenizer
 
     settings = [("STTS", stts_dir, "stts", 0.5), ("unpruned", base_dir, "none", 1.0)]
@@ -192,17 +192,10 @@ def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan:
         if run_dir not in models:
             models[run_dir] = load_trained_model(str(run_dir), job.model)
         ev = Evaluator(models[run_dir], load_tokenizer(job.model), pruner=pruner, keep_ratio=keep)
-        stream = eval_stream(job, job.data.eval_path)
         samples = []
-        try:
-            for i, sample in enumerate(stream):
-                if plan.eval_questions is not None and i >= plan.eval_questions:
-                    break
-                ev.add(sample, qtype=(sample.evidence or {}).get("qtype", "all"))
-                if label == "STTS" and len(samples) < 3 and (sample.evidence or {}).get("qtype") == "which":
-                    samples.append(sample)
-        finally:
-            stream.close()
+        for sample in evaluate_samples(ev, job, job.data.eval_path, max_questions=plan.eval_questions):
+            if label == "STTS" and len(samples) < 3 and (sample.evidence or {}).get("qtype") == "which":
+                samples.append(sample)
         summary = {"model": label, "pruner": pruner, "keep_ratio": keep, **ev.result.summary()}
         results.append(summary)
         log(f"  {label:9s} {pruner:10s} keep {keep}: accuracy {summary['accuracy']:.3f}, evidence recall "
@@ -270,7 +263,7 @@ def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resume
         if frames is not None:
             name = f"kept_tokens_{i}.png"
             keep_np = keep.numpy().astype(bool)
-            from stts_train.evaluate import evidence_groups, source_frame_indices
+            from stts_train.eval.evaluator import evidence_groups, source_frame_indices
 
             evidence = evidence_groups(job.model, sample.evidence, source_frame_indices(sample), frames.shape[1:3])
             recall = "n/a" if evidence is None or not evidence.any() else \

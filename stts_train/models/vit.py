@@ -21,9 +21,9 @@ from torch import nn
 from stts_train.config.model import ModelConfig
 from stts_train.models.common.attention import cu_seqlens_from_lengths, packed_attention
 from stts_train.models.common.layers import LayerFactory, gelu_tanh, shard_size
+from stts_train.models.stts_scorer import TemporalTokenScorer
 from stts_train.pruning.stts import (
     FrameLayout,
-    TemporalTokenScorer,
     group_index,
     group_to_patch,
     select_groups,

@@ -6,7 +6,9 @@ Fixed order (each step is logged on rank 0):
 3. tp > 1: build the model again through `MegatronLayerFactory` and copy each rank's shard of the
    reference weights into it (column: output rows, row: input columns, vocab: rows), so the
    unsharded weights are identical to the tp=1 model for any layout.
-4. AdamW with the ViT/connector/LLM/scorer groups and their warm-up + cosine schedules.
+4. The optimizer and LR scheduler from the caller's `optimizer_fn` (the trainer passes
+   `train.optim.build_optimizer_and_scheduler`: AdamW over the ViT/connector/LLM/scorer groups
+   with their warm-up + cosine schedules); this package never imports `stts_train.train`.
 5. ZeRO-3 only: let DeepSpeed's backward hooks see tensors inside dataclass module outputs.
 6. `deepspeed.initialize` with the rendered ZeRO config and `ParallelDims` as the mpu (DeepSpeed
    reduces over the data-parallel group and counts TP shards once in the grad norm).
@@ -35,6 +37,11 @@ from stts_train.parallel.zero import render_deepspeed_config, teach_zero3_datacl
 log = logging.getLogger(__name__)
 
 ModelFn = Callable[[ModelConfig, Any], nn.Module]
+OptimizerFn = Callable[
+    [nn.Module, dict[str, list[nn.Parameter]]],
+    tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
+]
+"""(model, its `param_groups()`) -> (client optimizer, LR scheduler) handed to DeepSpeed."""
 
 
 def training_device() -> torch.device:
@@ -77,7 +84,7 @@ def build_model(cfg: JobConfig, dims: ParallelDims, model_fn: ModelFn) -> nn.Mod
         # Initialise from a Hugging Face Molmo2 dir (e.g. `stts-train export` of an earlier run);
         # a scorer missing there keeps its fresh init, as in the STTS reference. A resumed run's
         # checkpoint overwrites these weights afterwards.
-        from stts_train.models.hf_interop import load_hf, load_into
+        from stts_train.checkpoint.hf import load_hf, load_into
 
         _, state = load_hf(cfg.model.hf_checkpoint, cfg.model)
         load_into(reference, state)
@@ -105,17 +112,13 @@ class Parallelized:
     """Full (unsharded) parameter count per optimizer group (for MFU)."""
 
 
-def parallelize(cfg: JobConfig, dims: ParallelDims, model_fn: ModelFn | None = None) -> Parallelized:
+def parallelize(
+    cfg: JobConfig, dims: ParallelDims, optimizer_fn: OptimizerFn, model_fn: ModelFn | None = None
+) -> Parallelized:
     """Build, shard and wrap the model for `dims` (the only wrapping site; see module doc)."""
     import deepspeed
 
     from stts_train.parallel.cpu_shims import install_cpu_shims
-    from stts_train.train.optim import (
-        build_optimizer,
-        build_param_groups,
-        build_scheduler,
-        check_all_params_grouped,
-    )
 
     device = training_device()
     say = log.info if dims.is_rank0 else log.debug
@@ -128,16 +131,13 @@ def parallelize(cfg: JobConfig, dims: ParallelDims, model_fn: ModelFn | None = N
     model = build_model(cfg, dims, model_fn)
     say("parallelize: built %s with seed %d (%s)", type(model).__name__, cfg.train.seed, dims.describe())
     groups = model.param_groups()
-    check_all_params_grouped(model, groups)
     tp_layout = tp_partition_dims(model)
     names = {id(p): n for n, p in model.named_parameters()}
     param_counts = {
         g: sum(p.numel() * (dims.tp if names[id(p)] in tp_layout else 1) for p in ps)
         for g, ps in groups.items()
     }
-    param_groups = build_param_groups(groups, cfg.optim)
-    optimizer = build_optimizer(param_groups, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.num_steps)
+    optimizer, scheduler = optimizer_fn(model, groups)
     ds_config = render_deepspeed_config(cfg, dims.dp)
     if cfg.parallel.zero_stage == 3:
         teach_zero3_dataclass_outputs()

@@ -5,8 +5,8 @@
 
 Every tensor-parallel module built here carries `tp_partition_dims`: for each of its parameters,
 the dimension that is split across tensor-parallel ranks (absent = replicated). `parallelize.py`
-uses it to shard a full (tp=1) state dict into the tp model, and `commands/export.py` to gather
-shards back. Megatron splits contiguously, rank r owning block r along that dimension.
+uses it to shard a full (tp=1) state dict into the tp model, and `checkpoint/consolidate.py` to
+gather shards back. Megatron splits contiguously, rank r owning block r along that dimension.
 
 Inputs of any rank are flattened to 2D around the megatron call (its backward assumes <= 3D).
 """

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from stts_train.config.engine import GroupLr, OptimConfig
+from stts_train.config.job import JobConfig
 
 GROUP_NAMES = ("vit", "connector", "llm", "scorer")
 
@@ -100,3 +101,15 @@ class _Schedule:
 
     def __call__(self, step: int) -> float:
         return lr_factor(step, self.warmup_steps, self.num_steps, self.final_fraction)
+
+
+def build_optimizer_and_scheduler(
+    cfg: JobConfig, model: nn.Module, groups: dict[str, list[nn.Parameter]]
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `groups` (the model's `param_groups()`) and its per-group schedule.
+
+    Bind `cfg` (functools.partial) to get the `optimizer_fn` that `parallel.parallelize` takes.
+    """
+    check_all_params_grouped(model, groups)
+    optimizer = build_optimizer(build_param_groups(groups, cfg.optim), cfg.optim)
+    return optimizer, build_scheduler(optimizer, cfg.optim, cfg.train.num_steps)

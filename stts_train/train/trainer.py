@@ -9,6 +9,7 @@ Build phases are separate methods: layout -> engine -> data -> checkpointing -> 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -19,6 +20,13 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from stts_train.checkpoint.manager import (
+    FORMAT_VERSION,
+    CheckpointManager,
+    default_staging_dir,
+    rng_state,
+    set_rng_state,
+)
 from stts_train.config.base import to_dict
 from stts_train.config.job import JobConfig, dump_config
 from stts_train.data.batch import MicroBatch
@@ -26,16 +34,10 @@ from stts_train.errors import CheckpointError
 from stts_train.parallel.dims import ParallelDims
 from stts_train.parallel.parallelize import ModelFn, parallelize
 from stts_train.train import faults
-from stts_train.train.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointManager,
-    default_staging_dir,
-    rng_state,
-    set_rng_state,
-)
 from stts_train.train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from stts_train.train.metrics import MetricsProcessor, default_peak_flops
 from stts_train.train.naming import current_run_name
+from stts_train.train.optim import build_optimizer_and_scheduler
 from stts_train.train.signals import StopFlag
 from stts_train.train.train_step import NonFiniteError, TrainStep
 
@@ -112,7 +114,8 @@ class Trainer:
         dist.barrier()
 
     def _build_engine(self, model_fn: ModelFn | None) -> None:
-        self.par = parallelize(self.cfg, self.dims, model_fn)
+        optimizer_fn = functools.partial(build_optimizer_and_scheduler, self.cfg)
+        self.par = parallelize(self.cfg, self.dims, optimizer_fn, model_fn)
         self.engine = self.par.engine
         self.device = self.engine.device if hasattr(self.engine, "device") else torch.device("cpu")
         bf16 = self.cfg.parallel.precision == "bf16"

@@ -6,11 +6,8 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

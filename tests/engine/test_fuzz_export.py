@@ -40,10 +40,10 @@ def test_mixed_modality_ranks_finish_under_zero3(tmp_path):
 def test_export_tp2_zero3_round_trips_through_transformers(tmp_path):
     import transformers
 
+    from stts_train.checkpoint.consolidate import consolidate_path
+    from stts_train.checkpoint.hf import load_hf, load_into
     from stts_train.cli import main
-    from stts_train.commands.export import consolidate, resolve_step_dir
     from stts_train.config import config_from_dict
-    from stts_train.models.hf_interop import load_hf, load_into
     from stts_train.models.vlm import Molmo2VLM
     from tests.model.test_hf_parity import hf_logits, our_logits, video_prompt
 
@@ -53,7 +53,7 @@ def test_export_tp2_zero3_round_trips_through_transformers(tmp_path):
                            checkpoint={"at_end": True})
     out = run_distributed_test(train_worker, 2, (cfg_dict,), kwargs={"use_toy": False}, timeout_s=300)
     live = out[0]["weights"]
-    state, meta, _ = consolidate(resolve_step_dir(str(run_dir), tmp_path))
+    state, meta, _ = consolidate_path(str(run_dir))
     assert meta["step"] == 2 and meta["tp_size"] == 2
     assert set(live) <= set(state)
     for k, v in live.items():
@@ -82,7 +82,7 @@ def test_nonfinite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
         run_distributed_test(train_worker, 2, (cfg,), env={"TOY_NAN_KEY": "syn-12"}, timeout_s=300)
     ckpts = tmp_path / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-00000002"
-    from stts_train.commands.export import consolidate
+    from stts_train.checkpoint.consolidate import consolidate
 
     state, meta, _ = consolidate(ckpts / "step-00000002")
     assert meta["step"] == 2 and all(torch.isfinite(v).all() for v in state.values())

@@ -44,9 +44,9 @@ def _train(cfg: Path, *overrides: str, fault: dict[str, str] | None = None, time
 
 
 def _final_weights(run_dir: Path) -> dict:
-    from stts_train.commands.export import consolidate, resolve_step_dir
+    from stts_train.checkpoint.consolidate import consolidate_path
 
-    state, meta, _ = consolidate(resolve_step_dir(str(run_dir), run_dir))
+    state, meta, _ = consolidate_path(str(run_dir))
     return {"step": meta["step"], "state": state}
 
 

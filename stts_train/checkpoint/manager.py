@@ -236,3 +236,32 @@ class CheckpointManager:
 def default_staging_dir(run_dir: str) -> str:
     """Node-local scratch shared by the ranks of one node (s3:// staging)."""
     return str(Path(run_dir) / ".staging")
+
+
+def resolve_step_dir(path: str, scratch: Path) -> Path:
+    """A local committed step dir for `path`: a step dir (`.../checkpoints/step-00000100`), a
+    checkpoint root (its `latest` is followed) or a run dir (`<run_dir>/checkpoints/latest`).
+    On s3:// the step dir is downloaded under `scratch`."""
+    if is_remote(path):
+        import fsspec
+
+        fs = fsspec.filesystem(path.split("://", 1)[0])
+        root = path.rstrip("/")
+        if not fs.exists(f"{root}/meta.json"):
+            for cand in (root, f"{root}/checkpoints"):
+                if fs.exists(f"{cand}/{LATEST}"):
+                    root = f"{cand}/{fs.cat_file(f'{cand}/{LATEST}').decode().strip()}"
+                    break
+        local = scratch / root.rsplit("/", 1)[-1]
+        fs.get(root, str(local), recursive=True)
+        path = str(local)
+    p = Path(path)
+    for cand in (p, p / "checkpoints"):
+        if (cand / "meta.json").is_file():
+            return cand
+        if (cand / LATEST).is_file():
+            return cand / (cand / LATEST).read_text().strip()
+    raise CheckpointError(
+        f"{path} is not a checkpoint: no meta.json or {LATEST} pointer found; pass a step dir "
+        "(.../checkpoints/step-00000100), a checkpoint root or a run dir"
+    )

@@ -191,18 +191,14 @@ def load_trained_model(checkpoint: str, model_cfg: ModelConfig) -> Molmo2VLM:
     """A model with trained weights from a Hugging Face Molmo2 dir or an engine checkpoint."""
     from pathlib import Path
 
-    from stts_train.models.hf_interop import load_hf, load_into
+    from stts_train.checkpoint.consolidate import consolidate_path
+    from stts_train.checkpoint.hf import load_hf, load_into
 
     path = Path(checkpoint)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
         cfg, state = load_hf(path, model_cfg)
     else:
-        import tempfile
-
-        from stts_train.commands.export import consolidate, resolve_step_dir
-
-        with tempfile.TemporaryDirectory(prefix="stts-eval-") as tmp:
-            state = consolidate(resolve_step_dir(checkpoint, Path(tmp)))[0]
+        state = consolidate_path(checkpoint)[0]
         cfg = model_cfg
     model = Molmo2VLM(cfg)
     load_into(model, state)
