@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from stts_train.checkpoint.hf_config import model_config_from_checkpoint
+from stts_train.checkpoint.hf_weights import read_state
 from stts_train.config.model import ConnectorConfig, LlmConfig, ModelConfig, VitConfig
 from stts_train.errors import CheckpointError
 
@@ -143,6 +145,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         image_start_token_id=tok.image_start_id, image_end_token_id=tok.image_end_id, image_patch_id=tok.image_patch_id,
         low_res_image_start_token_id=tok.low_res_image_start_id, frame_start_token_id=tok.frame_start_id,
         frame_end_token_id=tok.frame_end_id, tie_word_embeddings=m.tie_word_embeddings,
+        stts_image_attention=m.image_attention,
     )
 
 
@@ -281,8 +284,8 @@ def load_hf(path: str | Path, base: ModelConfig | None = None) -> tuple[ModelCon
     hf_cfg = json.loads(config_file.read_text())
     if hf_cfg.get("model_type") != "molmo2":
         raise CheckpointError(f"{config_file}: model_type={hf_cfg.get('model_type')!r}, expected 'molmo2'")
-    cfg = model_config_from_hf(hf_cfg, base)
-    state = from_hf_state_dict(_read_safetensors_dir(path), cfg)
+    cfg = model_config_from_checkpoint(hf_cfg, base or ModelConfig(), path)
+    state = read_state(path, cfg)
     scorer_file = path / SCORER_FILE
     if scorer_file.is_file():
         from safetensors.torch import load_file
