@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from stts_train.config.model import ModelConfig
 from stts_train.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+Rename = Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -204,13 +206,12 @@ def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in Molmo2VLM(cfg).state_dict().items()}
 
 
-def read_state(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def read_state(path: str | Path, cfg: ModelConfig, rename: Rename) -> dict[str, torch.Tensor]:
     """Our fp32 state dict (scorer included when the weights carry one and the model has one)
-    from a Molmo2 directory whose config.json gave `cfg`."""
-    from stts_train.models.hf_interop import from_hf_state_dict
-
+    from a Molmo2 directory whose config.json gave `cfg`; `rename` maps Molmo2 disk names to ours
+    (`from_hf_state_dict` of the HF interop module, which calls this)."""
     keep, scorer = split_disk_state(read_safetensors(path), cfg)
-    state = from_hf_state_dict(keep, cfg)
+    state = rename(keep, cfg)
     if scorer and not any(k.startswith("vision.scorer.") for k in model_shapes(cfg)):
         log.info(
             "the checkpoint's STTS scorer is not loaded: model.stts.pruner=%s has none",

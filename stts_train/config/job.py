@@ -18,6 +18,7 @@ from stts_train.config.engine import (
     ParallelConfig,
     TrainConfig,
 )
+from stts_train.config.hf_checkpoint import apply_checkpoint_architecture
 from stts_train.config.model import ModelConfig
 from stts_train.config.packing import PackingConfig
 
@@ -57,8 +58,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> JobConfig:
     """A validated JobConfig; with `model.hf_checkpoint`, the model shape comes from it."""
-    from stts_train.checkpoint.hf_config import apply_checkpoint_architecture
-
     return from_dict(JobConfig, apply_checkpoint_architecture(data, source), source=source)
 
 

@@ -179,7 +179,7 @@ class ModelConfig:
     hf_checkpoint: str | None = None
     """Local Hugging Face Molmo2 directory to initialise from (None = random init). Its config.json
     (released or transformers layout) sets the architecture: vit, connector and llm shapes and the
-    token ids; a shape the config also sets must agree (stts_train/checkpoint/hf_config.py)."""
+    token ids; a shape the config also sets must agree (stts_train/config/hf_checkpoint.py)."""
 
     def __post_init__(self) -> None:
         check(self.vit.grid_size % self.connector.pool_size == 0,

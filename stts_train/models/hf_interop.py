@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from stts_train.checkpoint.hf_config import model_config_from_checkpoint
 from stts_train.checkpoint.hf_weights import read_state
+from stts_train.config.hf_checkpoint import model_config_from_checkpoint
 from stts_train.config.model import ConnectorConfig, LlmConfig, ModelConfig, VitConfig
 from stts_train.errors import CheckpointError
 
@@ -285,7 +285,7 @@ def load_hf(path: str | Path, base: ModelConfig | None = None) -> tuple[ModelCon
     if hf_cfg.get("model_type") != "molmo2":
         raise CheckpointError(f"{config_file}: model_type={hf_cfg.get('model_type')!r}, expected 'molmo2'")
     cfg = model_config_from_checkpoint(hf_cfg, base or ModelConfig(), path)
-    state = read_state(path, cfg)
+    state = read_state(path, cfg, from_hf_state_dict)
     scorer_file = path / SCORER_FILE
     if scorer_file.is_file():
         from safetensors.torch import load_file

@@ -18,8 +18,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from stts_train.checkpoint.hf_config import parse_molmo2_config
 from stts_train.config import config_from_dict
+from stts_train.config.hf_checkpoint import parse_molmo2_config
 from stts_train.config.model import ModelConfig
 from stts_train.errors import CheckpointError, ConfigError
 from stts_train.models.hf_interop import hf_config_dict, load_hf, load_into
