@@ -11,12 +11,13 @@ checkpoint as `stts_scorer.safetensors` (reference key names) and restored by `l
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from stts_train.config.model import ConnectorConfig, LlmConfig, ModelConfig, VitConfig
+from stts_train.checkpoint.hf_weights import read_state
+from stts_train.config.hf_checkpoint import model_config_from_checkpoint
+from stts_train.config.model import ModelConfig
 from stts_train.errors import CheckpointError
 
 VIT = "model.vision_backbone.image_vit."
@@ -54,72 +55,6 @@ _LLM_BLOCK = {
 
 # --------------------------------------------------------------------------------------------------
 # config
-def model_config_from_hf(hf: dict, base: ModelConfig | None = None) -> ModelConfig:
-    """ModelConfig from a Molmo2 `config.json` dict; STTS settings come from `base`."""
-    base = base or ModelConfig()
-    v, a, t = hf["vision_config"], hf["adapter_config"], hf["text_config"]
-    image_size = v.get("image_size") or v.get("image_default_input_size") or [378, 378]
-    if isinstance(image_size, int):
-        image_size = [image_size, image_size]
-    if image_size[0] != image_size[1]:
-        raise CheckpointError(f"vision_config.image_size={image_size}: only square crops are supported")
-    if t.get("qk_norm_type", "qwen3") != "qwen3" or t.get("norm_after", False):
-        raise CheckpointError(
-            "text_config uses qk_norm_type="
-            f"{t.get('qk_norm_type')!r}, norm_after={t.get('norm_after')}; only the Qwen3 layout "
-            "(qk_norm_type='qwen3', norm_after=false) is supported"
-        )
-    rope = t.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise CheckpointError(f"text_config.rope_parameters.rope_type={rope.get('rope_type')!r} is not supported")
-    if t.get("attention_bias", False):
-        raise CheckpointError("text_config.attention_bias=true is not supported (Qwen3 has no QKV bias)")
-    num_layers = int(v.get("num_hidden_layers", 25))
-    vit = VitConfig(
-        image_size=int(image_size[0]),
-        patch_size=int(v.get("patch_size", 14)),
-        hidden_size=int(v["hidden_size"]),
-        intermediate_size=int(v["intermediate_size"]),
-        num_heads=int(v["num_attention_heads"]),
-        head_dim=int(v.get("head_dim") or v["hidden_size"] // v["num_attention_heads"]),
-        num_layers=num_layers,
-        layer_norm_eps=float(v.get("layer_norm_eps", 1e-6)),
-        feature_layers=tuple(int(x) for x in (a.get("vision_feature_layer") or [24, 18])),
-        image_mean=base.vit.image_mean,
-        image_std=base.vit.image_std,
-    )
-    connector = ConnectorConfig(
-        pool_size=base.connector.pool_size,
-        intermediate_size=int(a["intermediate_size"]),
-        pooling_num_heads=int(a["num_attention_heads"]),
-        pooling_head_dim=int(a.get("head_dim") or a["hidden_size"] // a["num_attention_heads"]),
-    )
-    llm = LlmConfig(
-        vocab_size=int(t["vocab_size"]),
-        additional_vocab_size=int(t.get("additional_vocab_size", 128)),
-        hidden_size=int(t["hidden_size"]),
-        intermediate_size=int(t["intermediate_size"]),
-        num_layers=int(t["num_hidden_layers"]),
-        num_heads=int(t["num_attention_heads"]),
-        num_kv_heads=int(t["num_key_value_heads"]),
-        head_dim=int(t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]),
-        rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1e6))),
-        rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        image_attention=base.llm.image_attention,
-    )
-    tokens = replace(
-        base.tokens,
-        image_start_id=int(hf.get("image_start_token_id", base.tokens.image_start_id)),
-        image_end_id=int(hf.get("image_end_token_id", base.tokens.image_end_id)),
-        image_patch_id=int(hf.get("image_patch_id", base.tokens.image_patch_id)),
-        low_res_image_start_id=int(hf.get("low_res_image_start_token_id", base.tokens.low_res_image_start_id)),
-        frame_start_id=int(hf.get("frame_start_token_id", base.tokens.frame_start_id)),
-        frame_end_id=int(hf.get("frame_end_token_id", base.tokens.frame_end_id)),
-    )
-    return replace(base, vit=vit, connector=connector, llm=llm, tokens=tokens)
-
-
 def hf_config_dict(cfg: ModelConfig) -> dict:
     """The Molmo2 config as keyword arguments of `transformers.Molmo2Config`."""
     v, c, m, tok = cfg.vit, cfg.connector, cfg.llm, cfg.tokens
@@ -143,6 +78,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         image_start_token_id=tok.image_start_id, image_end_token_id=tok.image_end_id, image_patch_id=tok.image_patch_id,
         low_res_image_start_token_id=tok.low_res_image_start_id, frame_start_token_id=tok.frame_start_id,
         frame_end_token_id=tok.frame_end_id, tie_word_embeddings=m.tie_word_embeddings,
+        stts_image_attention=m.image_attention,
     )
 
 
@@ -246,28 +182,6 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
-def _read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(
-            f"{path} holds no model.safetensors or model.safetensors.index.json; pass a Hugging Face "
-            "Molmo2 directory (save_pretrained output)"
-        )
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        file = (path / name).resolve()
-        if path.resolve() not in file.parents:
-            raise CheckpointError(f"index entry {name!r} points outside {path}")
-        state.update(load_file(str(file)))
-    return state
-
-
 def load_hf(path: str | Path, base: ModelConfig | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a local Molmo2 directory: (ModelConfig with `base`'s STTS settings, our state dict).
 
@@ -281,8 +195,8 @@ def load_hf(path: str | Path, base: ModelConfig | None = None) -> tuple[ModelCon
     hf_cfg = json.loads(config_file.read_text())
     if hf_cfg.get("model_type") != "molmo2":
         raise CheckpointError(f"{config_file}: model_type={hf_cfg.get('model_type')!r}, expected 'molmo2'")
-    cfg = model_config_from_hf(hf_cfg, base)
-    state = from_hf_state_dict(_read_safetensors_dir(path), cfg)
+    cfg = model_config_from_checkpoint(hf_cfg, base or ModelConfig(), path)
+    state = read_state(path, cfg, from_hf_state_dict)
     scorer_file = path / SCORER_FILE
     if scorer_file.is_file():
         from safetensors.torch import load_file

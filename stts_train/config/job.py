@@ -18,6 +18,7 @@ from stts_train.config.engine import (
     ParallelConfig,
     TrainConfig,
 )
+from stts_train.config.hf_checkpoint import apply_checkpoint_architecture
 from stts_train.config.model import ModelConfig
 from stts_train.config.packing import PackingConfig
 
@@ -52,11 +53,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if overrides:
         data = apply_overrides(data, list(overrides))
         source = f"{source} (with overrides {' '.join(overrides)})"
-    return from_dict(JobConfig, data, source=source)
+    return config_from_dict(data, source)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> JobConfig:
-    return from_dict(JobConfig, data, source=source)
+    """A validated JobConfig; with `model.hf_checkpoint`, the model shape comes from it."""
+    return from_dict(JobConfig, apply_checkpoint_architecture(data, source), source=source)
 
 
 def dump_config(cfg: JobConfig) -> str:

@@ -86,7 +86,9 @@ class LlmConfig:
     qk_norm: bool = True
     image_attention: Literal["causal", "bidirectional"] = "causal"
     """Image tokens of a sample attend causally (varlen kernels apply) or to each other in both
-    directions, as Molmo2 checkpoints were trained (needs a masked kernel: slower on GPU)."""
+    directions, as Molmo2 checkpoints were trained (needs a masked kernel: slower on GPU); the
+    tokens are `SpecialTokens.image_block_ids`. Unset with `model.hf_checkpoint`: the checkpoint's
+    (bidirectional for Molmo2, what an stts-train export recorded)."""
 
     def __post_init__(self) -> None:
         check(self.num_heads % self.num_kv_heads == 0,
@@ -139,8 +141,21 @@ class SpecialTokens:
     low_res_image_start_id: int = 151940
     frame_start_id: int = 151943
     frame_end_id: int = 151944
+    image_low_id: int | None = None
+    """<im_low> (config.json `image_low_res_id`); None: the vocabulary has none (our prompts never
+    use it)."""
     pad_id: int = 151643
     eos_id: int = 151645
+
+    @property
+    def image_block_ids(self) -> tuple[int, ...]:
+        """The tokens that attend to each other under bidirectional image attention: exactly those
+        transformers' Molmo2 processor marks with mm_token_type_ids=1 (patches, column tokens, image
+        and frame start/end, low-res start and <im_low>)."""
+        ids = (self.image_patch_id, self.image_col_id, self.image_start_id,
+               self.low_res_image_start_id, self.frame_start_id, self.image_end_id,
+               self.frame_end_id, self.image_low_id)
+        return tuple(i for i in ids if i is not None)
 
 
 @dataclass(kw_only=True)
@@ -162,7 +177,9 @@ class ModelConfig:
     """'' = the full Qwen vocabulary; else a JSON file {"base_ids": [...]} restricting the Qwen
     tokenizer to those ids (small models; see `models.tokenizer.build_subset`)."""
     hf_checkpoint: str | None = None
-    """Local Hugging Face Molmo2 directory to initialise from (None = random init)."""
+    """Local Hugging Face Molmo2 directory to initialise from (None = random init). Its config.json
+    (released or transformers layout) sets the architecture: vit, connector and llm shapes and the
+    token ids; a shape the config also sets must agree (stts_train/config/hf_checkpoint.py)."""
 
     def __post_init__(self) -> None:
         check(self.vit.grid_size % self.connector.pool_size == 0,
@@ -175,7 +192,7 @@ class ModelConfig:
               f"model.stts.prune_at={self.stts.prune_at} needs block prune_at+1 < model.vit.num_layers="
               f"{self.vit.num_layers}; lower prune_at or use more layers")
         for name, tid in vars(self.tokens).items():
-            check(0 <= tid < self.llm.total_vocab_size,
+            check(tid is None or 0 <= tid < self.llm.total_vocab_size,
                   f"model.tokens.{name}={tid} is outside the vocabulary (size {self.llm.total_vocab_size})")
 
     @property

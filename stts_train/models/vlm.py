@@ -182,7 +182,10 @@ class Molmo2VLM(nn.Module):
             patch_S[:, None].expand_as(embeds_SE),
             (embeds_SE[patch_S] + image_features_XE.to(embeds_SE.dtype)).reshape(-1),
         )
-        bidirectional_S = patch_S if cfg.llm.image_attention == "bidirectional" else None
+        bidirectional_S = None
+        if cfg.llm.image_attention == "bidirectional":
+            block_ids = torch.tensor(cfg.tokens.image_block_ids, device=ids_S.device)
+            bidirectional_S = torch.isin(ids_S, block_ids)
         hidden_SE = self.llm.hidden_states(embeds_SE, positions_S, cu_seqlens, lengths, bidirectional_S)
 
         loss_mask_S = labels_S != IGNORE_INDEX

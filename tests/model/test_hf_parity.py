@@ -59,8 +59,9 @@ def hf_logits(model, cfg: ModelConfig, ids: list[int], pixels: torch.Tensor, bid
     pooling = (torch.arange(num_frames)[:, None, None] * cfg.vit.num_patches + gidx[None]).reshape(-1, gidx.shape[1])
     input_ids = torch.tensor([ids])
     kwargs = {}
-    if bidirectional:
-        kwargs["mm_token_type_ids"] = (input_ids == cfg.tokens.image_patch_id).long()
+    if bidirectional:  # the tokens transformers' Molmo2 processor marks
+        block_ids = torch.tensor(cfg.tokens.image_block_ids)
+        kwargs["mm_token_type_ids"] = torch.isin(input_ids, block_ids).long()
     with torch.no_grad():
         return model(
             input_ids=input_ids,
