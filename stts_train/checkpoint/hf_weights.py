@@ -3,7 +3,7 @@
 Reads what `save_pretrained` writes: `model.safetensors`, or the shards that
 `model.safetensors.index.json` lists. bf16/fp16 tensors are cast to fp32 and the dtypes found are
 logged. Every tensor name is checked against Molmo2's disk format before the renaming in
-`stts_train/models/hf_interop.py::from_hf_state_dict`, and the renamed tensors are checked, name
+`stts_train/checkpoint/hf.py::from_hf_state_dict`, and the renamed tensors are checked, name
 and shape, against the model the config describes, so weights that disagree with their
 config.json fail naming the tensor, never inside `load_state_dict`. An STTS scorer stored in the
 main weights under the reference names (with or without a `model.` prefix) is loaded with them.
