@@ -38,8 +38,10 @@ def find_annotations(src: str, annotations: str | None) -> str:
             raise DataError(f"annotation file {path} does not exist; pass --annotations FILE")
         return path
     if not os.path.isdir(src):
-        raise DataError(f"source folder {src} does not exist; SRC must be a folder of videos "
-                        "plus a JSONL annotation file")
+        raise DataError(
+            f"source folder {src} does not exist; SRC must be a folder of videos "
+            "plus a JSONL annotation file"
+        )
     default = os.path.join(src, "annotations.jsonl")
     if os.path.isfile(default):
         return default
@@ -81,21 +83,28 @@ def read_annotations(path: str, src: str) -> list[dict[str, Any]]:
                 raise DataError(f"{where}: 'choices' must be a list of strings")
             timestamps = row.get("timestamps")
             if timestamps is not None and not (
-                isinstance(timestamps, list) and all(isinstance(t, (int, float)) for t in timestamps)
+                isinstance(timestamps, list)
+                and all(isinstance(t, (int, float)) for t in timestamps)
             ):
                 raise DataError(f"{where}: 'timestamps' must be a list of numbers")
             video_path = os.path.normpath(os.path.join(src, video))
             if not os.path.isfile(video_path):
                 raise DataError(f"{where}: video file {video_path} does not exist")
-            raw_key = str(row["id"]) if "id" in row else (
-                f"{os.path.splitext(os.path.basename(video))[0]}-{lineno:06d}")
+            raw_key = (
+                str(row["id"])
+                if "id" in row
+                else (f"{os.path.splitext(os.path.basename(video))[0]}-{lineno:06d}")
+            )
             key = sanitize_key(raw_key)
             if key in seen:
-                raise DataError(f"{where}: sample key {key!r} repeats line {seen[key]}; give "
-                                "each row a unique 'id'")
+                raise DataError(
+                    f"{where}: sample key {key!r} repeats line {seen[key]}; give "
+                    "each row a unique 'id'"
+                )
             seen[key] = lineno
-            rows.append({"key": key, "video": video, "video_path": video_path, "where": where,
-                         "row": row})
+            rows.append(
+                {"key": key, "video": video, "video_path": video_path, "where": where, "row": row}
+            )
     if not rows:
         raise DataError(f"{path}: no annotation rows")
     return rows
@@ -170,14 +179,26 @@ def build(
                 continue
             raise DataError(f"{r['where']}: {info['error']} (use --skip-bad to leave it out)")
         row = r["row"]
-        records.append(SampleRecord(
-            key=r["key"], video_ext=info["video_ext"], source_video=r["video"],
-            video_sha256=info["video_sha256"], num_bytes=info["num_bytes"],
-            duration_s=info["duration_s"], fps=info["fps"], num_frames=info["num_frames"],
-            width=info["width"], height=info["height"], codec=info["codec"],
-            question=row["question"], answer=row["answer"], choices=row.get("choices"),
-            timestamps=row.get("timestamps"), evidence=row.get("evidence"),
-        ))
+        records.append(
+            SampleRecord(
+                key=r["key"],
+                video_ext=info["video_ext"],
+                source_video=r["video"],
+                video_sha256=info["video_sha256"],
+                num_bytes=info["num_bytes"],
+                duration_s=info["duration_s"],
+                fps=info["fps"],
+                num_frames=info["num_frames"],
+                width=info["width"],
+                height=info["height"],
+                codec=info["codec"],
+                question=row["question"],
+                answer=row["answer"],
+                choices=row.get("choices"),
+                timestamps=row.get("timestamps"),
+                evidence=row.get("evidence"),
+            )
+        )
     if not records:
         raise DataError(f"{ann_path}: every video was unreadable; nothing to write")
     records.sort(key=lambda rec: rec.key)
@@ -198,8 +219,10 @@ def build(
             video = f.read()
         if hashlib.sha256(video).hexdigest() != rec.video_sha256:
             raise DataError(f"{by_path[rec.key]} changed while building; run the build again")
-        writer.write(rec.key, {"json": json.dumps(rec.to_json_dict(), sort_keys=True).encode(),
-                               rec.video_ext: video})
+        writer.write(
+            rec.key,
+            {"json": json.dumps(rec.to_json_dict(), sort_keys=True).encode(), rec.video_ext: video},
+        )
     shards = writer.close()
     manifest = {
         "schema_version": SCHEMA_VERSION,

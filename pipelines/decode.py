@@ -76,22 +76,30 @@ def sample_frame_indices(
 def num_sampled_frames(record: SampleRecord | dict[str, Any], spec: DecodeSpec) -> int:
     """Frames a sample will have after decoding, from metadata alone (for the planner)."""
     rec = record if isinstance(record, dict) else record.to_json_dict()
-    return len(sample_frame_indices(int(rec["num_frames"]), float(rec["fps"]), spec.max_frames,
-                                    spec.max_fps))
+    return len(
+        sample_frame_indices(
+            int(rec["num_frames"]), float(rec["fps"]), spec.max_frames, spec.max_fps
+        )
+    )
 
 
 def frames_for(record: SampleRecord, spec: DecodeSpec) -> list[int]:
     offset = 0.0
     if spec.jitter:
         offset = float(np.random.default_rng(seed_for(spec.seed, record.key)).random())
-    return sample_frame_indices(record.num_frames, record.fps, spec.max_frames, spec.max_fps, offset)
+    return sample_frame_indices(
+        record.num_frames, record.fps, spec.max_frames, spec.max_fps, offset
+    )
 
 
-def _decode_torchcodec(data: bytes, indices: list[int], threads: int) -> tuple[torch.Tensor, list[float]]:
+def _decode_torchcodec(
+    data: bytes, indices: list[int], threads: int
+) -> tuple[torch.Tensor, list[float]]:
     from torchcodec.decoders import VideoDecoder
 
-    decoder = VideoDecoder(data, dimension_order="NHWC", num_ffmpeg_threads=threads,
-                           seek_mode="exact")
+    decoder = VideoDecoder(
+        data, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact"
+    )
     available = decoder.metadata.num_frames
     if available is not None and indices and indices[-1] >= available:
         raise ValueError(f"needs frame {indices[-1]} but the stream has {available}")
@@ -157,10 +165,11 @@ def to_patches(frames_FHW3: torch.Tensor, spec: DecodeSpec) -> torch.Tensor:
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
     chunks = []
     for start in range(0, frames_FHW3.shape[0], _RESIZE_CHUNK):
-        x_F3HW = frames_FHW3[start:start + _RESIZE_CHUNK].permute(0, 3, 1, 2).float()
+        x_F3HW = frames_FHW3[start : start + _RESIZE_CHUNK].permute(0, 3, 1, 2).float()
         if x_F3HW.shape[-2:] != (size, size):
-            x_F3HW = F.interpolate(x_F3HW, size=(size, size), mode="bilinear",
-                                   align_corners=False, antialias=True)
+            x_F3HW = F.interpolate(
+                x_F3HW, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
         x_F3SS = ((x_F3HW.clamp_(0, 255) / 255.0) - mean) / std
         chunks.append(x_F3SS)
     x_F3SS = torch.cat(chunks)

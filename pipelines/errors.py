@@ -24,6 +24,7 @@ class STTSError(Exception):
 class DataError(STTSError):
     """Input data is malformed or cannot be read."""
 
+
 FATAL = (MemoryError, ImportError, KeyboardInterrupt, SystemExit)
 
 

@@ -61,8 +61,14 @@ def probe_bytes(data: bytes, name: str) -> dict[str, Any]:
             duration = num_frames / fps
         if duration <= 0:
             duration = num_frames / fps
-    return {"codec": codec, "width": width, "height": height, "fps": fps,
-            "num_frames": num_frames, "duration_s": round(duration, 6)}
+    return {
+        "codec": codec,
+        "width": width,
+        "height": height,
+        "fps": fps,
+        "num_frames": num_frames,
+        "duration_s": round(duration, 6),
+    }
 
 
 def probe_file(path: str) -> dict[str, Any]:

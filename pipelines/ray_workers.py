@@ -33,13 +33,19 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,
-                                  "log_to_driver": True}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "configure_logging": False,
+            "log_to_driver": True,
+        }
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1,
-                     object_store_memory=256 * 1024 * 1024, **kwargs)
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                object_store_memory=256 * 1024 * 1024,
+                **kwargs,
+            )
         started = True
     try:
         yield ray
@@ -69,7 +75,7 @@ def probe_in_ray(paths: list[str], num_workers: int, progress: Any = None) -> li
 
     task = ray.remote(num_cpus=1, max_retries=2)(probe_paths)
     chunk = max(1, min(16, len(paths) // (num_workers * 4) or 1))
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     results: dict[int, list[dict[str, Any]]] = {}
     pending: dict[Any, int] = {}
     next_chunk = 0

@@ -25,12 +25,23 @@ def verify_spec(image_size: int, frames: int) -> DecodeSpec:
     (else the whole image).
     """
     patch = 14 if image_size % 14 == 0 else 16 if image_size % 16 == 0 else image_size
-    return DecodeSpec(image_size=image_size, patch_size=patch, mean=(0.5, 0.5, 0.5),
-                      std=(0.5, 0.5, 0.5), max_frames=frames, max_fps=1000.0)
+    return DecodeSpec(
+        image_size=image_size,
+        patch_size=patch,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        max_frames=frames,
+        max_fps=1000.0,
+    )
 
 
-def verify(root: str, spec: DecodeSpec, opts: StorageOptions | None = None,
-           backend: str = "auto", progress: bool = True) -> dict[str, Any]:
+def verify(
+    root: str,
+    spec: DecodeSpec,
+    opts: StorageOptions | None = None,
+    backend: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Read every shard sequentially and decode every sample. Returns a report dict."""
     from tqdm import tqdm
 
@@ -57,10 +68,17 @@ def verify(root: str, spec: DecodeSpec, opts: StorageOptions | None = None,
         except FATAL:
             raise
         except Exception as e:  # noqa: BLE001 - a broken tar is a finding, not a crash
-            report["failures"].append({"key": None, "shard": url, "kind": "bad_tar",
-                                       "message": f"{type(e).__name__}: {e}"})
-            report["shards"].append({"name": shard["name"], "expected": shard["num_samples"],
-                                     "found": 0})
+            report["failures"].append(
+                {
+                    "key": None,
+                    "shard": url,
+                    "kind": "bad_tar",
+                    "message": f"{type(e).__name__}: {e}",
+                }
+            )
+            report["shards"].append(
+                {"name": shard["name"], "expected": shard["num_samples"], "found": 0}
+            )
             bar.update(shard["num_samples"])
             continue
         for key in order:
@@ -74,22 +92,30 @@ def verify(root: str, spec: DecodeSpec, opts: StorageOptions | None = None,
                 video = parts.get(record.video_ext)
                 if video is None:
                     raise SampleError("missing_video", key, f"no {key}.{record.video_ext}")
-                decode_sample(record, video, spec, SourceInfo(url, f"{key}.{record.video_ext}"),
-                              backend)
+                decode_sample(
+                    record, video, spec, SourceInfo(url, f"{key}.{record.video_ext}"), backend
+                )
                 report["num_ok"] += 1
             except FATAL:
                 raise
             except Exception as e:  # noqa: BLE001
                 kind = e.kind if isinstance(e, SampleError) else type(e).__name__
-                report["failures"].append({"key": key, "shard": url, "kind": kind,
-                                           "message": str(e)[:300]})
+                report["failures"].append(
+                    {"key": key, "shard": url, "kind": kind, "message": str(e)[:300]}
+                )
             bar.update(1)
-        report["shards"].append({"name": shard["name"], "expected": shard["num_samples"],
-                                 "found": found})
+        report["shards"].append(
+            {"name": shard["name"], "expected": shard["num_samples"], "found": found}
+        )
         if found != shard["num_samples"]:
-            report["failures"].append({"key": None, "shard": url, "kind": "count_mismatch",
-                                       "message": f"manifest says {shard['num_samples']} samples, "
-                                                  f"tar has {found}"})
+            report["failures"].append(
+                {
+                    "key": None,
+                    "shard": url,
+                    "kind": "count_mismatch",
+                    "message": f"manifest says {shard['num_samples']} samples, tar has {found}",
+                }
+            )
     bar.close()
     report["ok"] = not report["failures"]
     return report
@@ -99,13 +125,19 @@ def _dist(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     a = np.asarray(values, dtype=np.float64)
-    return {"min": float(a.min()), "p10": float(np.percentile(a, 10)),
-            "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "max": float(a.max()), "mean": float(a.mean())}
+    return {
+        "min": float(a.min()),
+        "p10": float(np.percentile(a, 10)),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+    }
 
 
-def stats(root: str, opts: StorageOptions | None = None, max_frames: int = 16,
-          max_fps: float = 2.0) -> dict[str, Any]:
+def stats(
+    root: str, opts: StorageOptions | None = None, max_frames: int = 16, max_fps: float = 2.0
+) -> dict[str, Any]:
     """Counts and length distributions from the JSON records (ranged reads, no decoding)."""
     from pipelines.decode import sample_frame_indices
 
@@ -121,19 +153,25 @@ def stats(root: str, opts: StorageOptions | None = None, max_frames: int = 16,
             rec = json.loads(ds.storage.read(shard["name"], off, off + size))
             durations.append(rec["duration_s"])
             frames.append(rec["num_frames"])
-            sampled.append(len(sample_frame_indices(rec["num_frames"], rec["fps"], max_frames,
-                                                    max_fps)))
+            sampled.append(
+                len(sample_frame_indices(rec["num_frames"], rec["fps"], max_frames, max_fps))
+            )
             q_len.append(len(rec["question"]))
             a_len.append(len(rec["answer"]))
             sizes.append(rec["num_bytes"])
             codecs[rec["codec"]] += 1
             resolutions[f"{rec['width']}x{rec['height']}"] += 1
     return {
-        "path": root, "fingerprint": ds.fingerprint, "num_samples": ds.num_samples,
-        "num_shards": len(ds.shards), "codecs": dict(codecs),
+        "path": root,
+        "fingerprint": ds.fingerprint,
+        "num_samples": ds.num_samples,
+        "num_shards": len(ds.shards),
+        "codecs": dict(codecs),
         "resolutions": dict(resolutions.most_common(10)),
-        "duration_s": _dist(durations), "source_frames": _dist(frames),
+        "duration_s": _dist(durations),
+        "source_frames": _dist(frames),
         f"sampled_frames(max_frames={max_frames},max_fps={max_fps})": _dist(sampled),
-        "question_chars": _dist(q_len), "answer_chars": _dist(a_len),
+        "question_chars": _dist(q_len),
+        "answer_chars": _dist(a_len),
         "video_bytes": _dist(sizes),
     }

@@ -107,8 +107,14 @@ class ShardWriter:
             if os.path.exists(path):
                 os.remove(path)
         self.storage.write(index_name(name), json.dumps(index).encode())
-        self.shards.append({"name": name, "num_samples": len(samples), "num_bytes": num_bytes,
-                            "index": index_name(name)})
+        self.shards.append(
+            {
+                "name": name,
+                "num_samples": len(samples),
+                "num_bytes": num_bytes,
+                "index": index_name(name),
+            }
+        )
         self._writer = None
         self._tmp = None
 

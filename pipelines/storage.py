@@ -27,8 +27,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRY_CODES = {
-    "500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
-    "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "RequestLimitExceeded",
+    "500",
+    "502",
+    "503",
+    "504",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "RequestLimitExceeded",
 }
 
 
@@ -72,7 +82,9 @@ def _is_retryable(exc: BaseException) -> bool:
     if code is not None:
         return code in _RETRY_CODES
     name = type(exc).__name__
-    if any(s in name for s in ("Timeout", "Connection", "Endpoint", "ServerDisconnected", "Throttl")):
+    if any(
+        s in name for s in ("Timeout", "Connection", "Endpoint", "ServerDisconnected", "Throttl")
+    ):
         return True
     text = str(exc)
     if any(s in text for s in ("503", "500", "502", "504", "SlowDown", "timed out", "Timeout")):
@@ -94,8 +106,15 @@ def with_retries(fn: Callable[[], T], what: str, opts: StorageOptions) -> T:
                 break
             delay = min(opts.backoff_max_s, opts.backoff_base_s * 2 ** (attempt - 1))
             delay *= 0.5 + random.random() / 2
-            log.warning("storage: %s failed (%s: %s), retry %d/%d in %.2fs", what,
-                        type(e).__name__, str(e)[:200], attempt, opts.max_attempts - 1, delay)
+            log.warning(
+                "storage: %s failed (%s: %s), retry %d/%d in %.2fs",
+                what,
+                type(e).__name__,
+                str(e)[:200],
+                attempt,
+                opts.max_attempts - 1,
+                delay,
+            )
             time.sleep(delay)
     raise DataError(
         f"storage: {what} failed after {opts.max_attempts} attempts: "
@@ -159,19 +178,21 @@ class Storage:
 
     def _path(self, name: str) -> str:
         url = self.url(name)
-        return url[len("s3://"):] if self.remote else url
+        return url[len("s3://") :] if self.remote else url
 
     def read(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes of `name`, or of the range [start, end) when given."""
         path = self._path(name)
         what = f"read {self.url(name)}" + (f" [{start}:{end})" if start is not None else "")
         if not self.remote:
+
             def local() -> bytes:
                 with open(path, "rb") as f:
                     if start is not None:
                         f.seek(start)
                         return f.read((end or 0) - start if end is not None else -1)
                     return f.read()
+
             return with_retries(local, what, self.opts)
         return with_retries(lambda: self.fs.cat_file(path, start=start, end=end), what, self.opts)
 
@@ -192,8 +213,9 @@ class Storage:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             os.replace(local_path, path)
             return
-        with_retries(lambda: self.fs.put_file(local_path, path), f"upload {self.url(name)}",
-                     self.opts)
+        with_retries(
+            lambda: self.fs.put_file(local_path, path), f"upload {self.url(name)}", self.opts
+        )
 
     def size(self, name: str) -> int | None:
         """Size in bytes, or None when the object does not exist."""
@@ -204,6 +226,7 @@ class Storage:
                 return int(self.fs.size(path))
             except FileNotFoundError:
                 return None
+
         return with_retries(go, f"stat {self.url(name)}", self.opts)
 
     def exists(self, name: str) -> bool:
@@ -219,6 +242,7 @@ class Storage:
             except FileNotFoundError:
                 return []
             return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
         return with_retries(go, f"list {self.root}", self.opts)
 
     def remove(self, name: str) -> None:
@@ -229,6 +253,7 @@ class Storage:
                 self.fs.rm_file(path)
             except FileNotFoundError:
                 pass
+
         with_retries(go, f"remove {self.url(name)}", self.opts)
 
 

@@ -58,12 +58,16 @@ class Dataset:
     def __init__(self, root: str, opts: StorageOptions | None = None) -> None:
         self.storage = Storage(root, opts)
         if not self.storage.exists(MANIFEST_NAME):
-            raise DataError(f"{self.storage.url(MANIFEST_NAME)} not found; build the dataset with "
-                            "`stts-train data build SRC DEST` first")
+            raise DataError(
+                f"{self.storage.url(MANIFEST_NAME)} not found; build the dataset with "
+                "`stts-train data build SRC DEST` first"
+            )
         self.manifest = json.loads(self.storage.read(MANIFEST_NAME))
         if self.manifest.get("schema_version") != SCHEMA_VERSION:
-            raise DataError(f"{root}: manifest schema_version {self.manifest.get('schema_version')}"
-                            f" != {SCHEMA_VERSION}; rebuild with `stts-train data build`")
+            raise DataError(
+                f"{root}: manifest schema_version {self.manifest.get('schema_version')}"
+                f" != {SCHEMA_VERSION}; rebuild with `stts-train data build`"
+            )
         self.shards = self.manifest["shards"]
         self.counts = np.array([s["num_samples"] for s in self.shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
@@ -89,8 +93,11 @@ def epoch_order(counts: np.ndarray, seed: int, epoch: int, buffer: int) -> np.nd
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)])
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     perm = rng.permutation(len(counts))
-    seq = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in perm]) if len(counts) \
+    seq = (
+        np.concatenate([np.arange(starts[s], starts[s + 1]) for s in perm])
+        if len(counts)
         else np.zeros(0, dtype=np.int64)
+    )
     if buffer <= 1 or len(seq) <= 1:
         return seq
     picks = rng.integers(0, buffer, size=len(seq))
@@ -164,8 +171,12 @@ def combine_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         if any(p != 0 for p in positions):
             closed[e] = list(closed.get(e, [])) + [[dp_size, positions]]
     return {
-        "version": STATE_VERSION, "kind": "combined", "fingerprint": base["fingerprint"],
-        "seed": base["seed"], "shuffle_buffer": base["shuffle_buffer"], "epoch": e_min,
+        "version": STATE_VERSION,
+        "kind": "combined",
+        "fingerprint": base["fingerprint"],
+        "seed": base["seed"],
+        "shuffle_buffer": base["shuffle_buffer"],
+        "epoch": e_min,
         "closed_phases": {str(e): p for e, p in sorted(closed.items()) if e >= e_min},
     }
 
@@ -177,13 +188,21 @@ def combine_states(states: list[dict[str, Any]]) -> dict[str, Any]:
 class SyncStream:
     """In-process stream: decodes in the calling thread. Same order and state as RayStream."""
 
-    def __init__(self, cfg: Any, spec: DecodeSpec, dp_rank: int, dp_size: int,
-                 state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        spec: DecodeSpec,
+        dp_rank: int,
+        dp_size: int,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         if not 0 <= dp_rank < dp_size:
             raise DataError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size})")
         if not cfg.path:
-            raise DataError("data.path is empty; set it to a directory or s3:// URL written by "
-                            "`stts-train data build`")
+            raise DataError(
+                "data.path is empty; set it to a directory or s3:// URL written by "
+                "`stts-train data build`"
+            )
         self.cfg, self.spec = cfg, spec
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.dataset = Dataset(cfg.path, options_from_config(cfg))
@@ -202,8 +221,10 @@ class SyncStream:
     # -- state ---------------------------------------------------------------------------
     def _load(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"data stream state version {state.get('version')!r}, expected "
-                            f"{STATE_VERSION}; start the data stream fresh")
+            raise DataError(
+                f"data stream state version {state.get('version')!r}, expected "
+                f"{STATE_VERSION}; start the data stream fresh"
+            )
         if state["fingerprint"] != self.dataset.fingerprint:
             raise DataError(
                 f"the checkpoint's data fingerprint {state['fingerprint'][:12]} does not match "
@@ -212,8 +233,10 @@ class SyncStream:
             )
         for k, mine in (("seed", self.cfg.seed), ("shuffle_buffer", self.cfg.shuffle_buffer)):
             if state[k] != mine:
-                raise DataError(f"checkpoint has data.{k}={state[k]}, config has {mine}; they "
-                                "must match to resume the same stream")
+                raise DataError(
+                    f"checkpoint has data.{k}={state[k]}, config has {mine}; they "
+                    "must match to resume the same stream"
+                )
         if state["kind"] == "rank":
             if (state["dp_size"], state["dp_rank"]) != (self.dp_size, self.dp_rank):
                 raise DataError(
@@ -228,14 +251,22 @@ class SyncStream:
     def state_dict(self) -> dict[str, Any]:
         """Position after the last yielded sample (prefetched samples are not counted)."""
         return {
-            "version": STATE_VERSION, "kind": "rank", "fingerprint": self.dataset.fingerprint,
-            "seed": self.cfg.seed, "shuffle_buffer": self.cfg.shuffle_buffer,
-            "dp_size": self.dp_size, "dp_rank": self.dp_rank,
-            "epoch": self.epoch, "position": self.position,
+            "version": STATE_VERSION,
+            "kind": "rank",
+            "fingerprint": self.dataset.fingerprint,
+            "seed": self.cfg.seed,
+            "shuffle_buffer": self.cfg.shuffle_buffer,
+            "dp_size": self.dp_size,
+            "dp_rank": self.dp_rank,
+            "epoch": self.epoch,
+            "position": self.position,
             "closed_phases": {str(e): p for e, p in self.closed.items() if e >= self.epoch},
             "cursor": self._cursor(),
-            "buffer": {"kind": "index-shuffle", "size": self.cfg.shuffle_buffer,
-                       "replay": "contents are a pure function of (seed, epoch, position)"},
+            "buffer": {
+                "kind": "index-shuffle",
+                "size": self.cfg.shuffle_buffer,
+                "replay": "contents are a pure function of (seed, epoch, position)",
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -251,7 +282,7 @@ class SyncStream:
             order = epoch_order(self.dataset.counts, self.cfg.seed, epoch, self.cfg.shuffle_buffer)
             self._order_cache = (epoch, order)
         rest = remaining(self._order_cache[1], self.closed.get(epoch, []))
-        return rest[self.dp_rank::self.dp_size]
+        return rest[self.dp_rank :: self.dp_size]
 
     def _cursor(self) -> dict[str, Any] | None:
         try:
@@ -268,8 +299,10 @@ class SyncStream:
         while self.cfg.num_epochs is None or epoch < self.cfg.num_epochs:
             share = self._share(epoch)
             if len(share) == 0 and not self.closed.get(epoch) and self.cfg.num_epochs is None:
-                raise DataError(f"rank {self.dp_rank} of {self.dp_size} gets no samples from "
-                                f"{self.dataset.num_samples}; use fewer data-parallel ranks")
+                raise DataError(
+                    f"rank {self.dp_rank} of {self.dp_size} gets no samples from "
+                    f"{self.dataset.num_samples}; use fewer data-parallel ranks"
+                )
             for i in range(position, len(share)):
                 yield self._item(epoch, i, int(share[i]))
             epoch, position = epoch + 1, 0
@@ -278,9 +311,17 @@ class SyncStream:
         shard, member = self.dataset.locate(gid)
         entry = self.dataset.index(shard)[member]
         self._seq += 1
-        return WorkItem(seq=self._seq, epoch=epoch, position=position, gid=gid, key=entry["key"],
-                        shard=self.dataset.shards[shard]["name"], members=entry["members"],
-                        start=int(entry["start"]), end=int(entry["end"]))
+        return WorkItem(
+            seq=self._seq,
+            epoch=epoch,
+            position=position,
+            gid=gid,
+            key=entry["key"],
+            shard=self.dataset.shards[shard]["name"],
+            members=entry["members"],
+            start=int(entry["start"]),
+            end=int(entry["end"]),
+        )
 
     def _advance(self, item: WorkItem) -> None:
         if item.epoch != self.epoch:
@@ -302,8 +343,9 @@ class SyncStream:
     def __next__(self) -> DecodedSample:
         while True:
             item = next(self._plan)
-            result = run_work_item(item, self.dataset.storage, self.spec, self.cfg.decoder,
-                                   self.cfg.decode_threads)
+            result = run_work_item(
+                item, self.dataset.storage, self.spec, self.cfg.decoder, self.cfg.decode_threads
+            )
             sample = self._accept(item, result)
             if sample is not None:
                 return sample
@@ -323,8 +365,14 @@ class RayStream(SyncStream):
 
     POLL_S = 1.0
 
-    def __init__(self, cfg: Any, spec: DecodeSpec, dp_rank: int, dp_size: int,
-                 state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        spec: DecodeSpec,
+        dp_rank: int,
+        dp_size: int,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(cfg, spec, dp_rank, dp_size, state)
         from pipelines.ray_workers import make_decode_actor, ray_session
 
@@ -332,16 +380,20 @@ class RayStream(SyncStream):
         self._actors: list[Any] = []
         self._queue: Any = None
         try:
-            ray = self._stack.enter_context(ray_session(
-                cfg.ray_address,
-                num_cpus=max(2, int(cfg.num_decode_actors * cfg.actor_num_cpus) + 1)))
+            ray = self._stack.enter_context(
+                ray_session(
+                    cfg.ray_address,
+                    num_cpus=max(2, int(cfg.num_decode_actors * cfg.actor_num_cpus) + 1),
+                )
+            )
             from ray.util.queue import Queue
 
             self._ray = ray
             self._queue = Queue(maxsize=cfg.queue_size, actor_options={"num_cpus": 0})
             self._actors = [
-                make_decode_actor(cfg.actor_num_cpus, self.dataset.storage, spec, cfg.decoder,
-                                  cfg.decode_threads)
+                make_decode_actor(
+                    cfg.actor_num_cpus, self.dataset.storage, spec, cfg.decoder, cfg.decode_threads
+                )
                 for _ in range(cfg.num_decode_actors)
             ]
         except BaseException:
@@ -427,8 +479,9 @@ class RayStream(SyncStream):
             self.close()
 
 
-def open_stream(cfg: Any, spec: DecodeSpec, dp_rank: int, dp_size: int,
-                state: dict[str, Any] | None = None) -> SyncStream:
+def open_stream(
+    cfg: Any, spec: DecodeSpec, dp_rank: int, dp_size: int, state: dict[str, Any] | None = None
+) -> SyncStream:
     """The training entry point: a per-rank iterator of DecodedSample with state_dict/close.
 
     `cfg.loader` picks `RayStream` (default) or `SyncStream`; both give the same samples in the

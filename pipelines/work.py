@@ -35,8 +35,9 @@ class Failure:
     message: str
 
 
-def run_work_item(item: WorkItem, storage: Storage, spec: DecodeSpec, backend: str,
-                  threads: int) -> DecodedSample | Failure:
+def run_work_item(
+    item: WorkItem, storage: Storage, spec: DecodeSpec, backend: str, threads: int
+) -> DecodedSample | Failure:
     """Fetch and decode one sample; bad data comes back as a Failure (never raised)."""
     try:
         if "json" not in item.members:
@@ -49,13 +50,16 @@ def run_work_item(item: WorkItem, storage: Storage, spec: DecodeSpec, backend: s
         except DataError as e:
             raise SampleError("storage", item.key, str(e)) from e
         if len(blob) != item.end - item.start:
-            raise SampleError("truncated", item.key,
-                              f"{storage.url(item.shard)} ends early (truncated tar): got "
-                              f"{len(blob)} of {item.end - item.start} bytes")
+            raise SampleError(
+                "truncated",
+                item.key,
+                f"{storage.url(item.shard)} ends early (truncated tar): got "
+                f"{len(blob)} of {item.end - item.start} bytes",
+            )
 
         def member(ext: str) -> bytes:
             off, size = item.members[ext]
-            return blob[off - item.start: off - item.start + size]
+            return blob[off - item.start : off - item.start + size]
 
         try:
             record = SampleRecord.from_json_dict(json.loads(member("json")))

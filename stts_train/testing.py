@@ -24,13 +24,23 @@ from stts_train.parallel.launch import free_port
 
 
 def _entry(
-    fn: Callable[..., Any], rank: int, world_size: int, port: int, args: tuple, kwargs: dict,
-    env: dict[str, str], queue: Any,
+    fn: Callable[..., Any],
+    rank: int,
+    world_size: int,
+    port: int,
+    args: tuple,
+    kwargs: dict,
+    env: dict[str, str],
+    queue: Any,
 ) -> None:
     os.environ.update(env)
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     import torch
     import torch.distributed as dist
@@ -69,7 +79,8 @@ def run_distributed_test(
     port = free_port()
     procs = [
         ctx.Process(
-            target=_entry, args=(fn, rank, world_size, port, args, dict(kwargs or {}), dict(env or {}), queue),
+            target=_entry,
+            args=(fn, rank, world_size, port, args, dict(kwargs or {}), dict(env or {}), queue),
             daemon=False,
         )
         for rank in range(world_size)

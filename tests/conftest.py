@@ -31,7 +31,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        raise RuntimeError(f"{SHARED} is missing: the tests need the shared/ folder beside the repository")
+        raise RuntimeError(
+            f"{SHARED} is missing: the tests need the shared/ folder beside the repository"
+        )
     return SHARED
 
 

@@ -11,7 +11,9 @@ from stts_train.cli import COMMAND_MODULES, build_parser
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stts_train.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "stts_train.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -28,7 +30,9 @@ def subcommand_paths():
     for action in parser._subparsers._group_actions:  # noqa: SLF001 - walking argparse's tree
         for name, sub in action.choices.items():
             paths.append((name,))
-            for sub_action in getattr(sub, "_subparsers", None)._group_actions if sub._subparsers else []:
+            for sub_action in (
+                getattr(sub, "_subparsers", None)._group_actions if sub._subparsers else []
+            ):
                 for sub_name in sub_action.choices:
                     paths.append((name, sub_name))
     return paths

@@ -21,7 +21,10 @@ def test_every_config_file_loads(path):
     import yaml
 
     dumped = yaml.safe_load(dump_config(cfg))
-    assert dumped["name"] == cfg.name and dumped["model"]["stts"]["keep_ratio"] == cfg.model.stts.keep_ratio
+    assert (
+        dumped["name"] == cfg.name
+        and dumped["model"]["stts"]["keep_ratio"] == cfg.model.stts.keep_ratio
+    )
 
 
 def test_configs_exist():
@@ -37,8 +40,13 @@ def test_float_literals_without_a_dot():
 
 
 def test_dotted_overrides():
-    cfg = load_config(CONFIGS[0].parent / "tiny_cpu.yaml", ["model.stts.keep_ratio=0.3", "train.num_steps=20", "data.max_fps=1"])
-    assert cfg.model.stts.keep_ratio == 0.3 and cfg.train.num_steps == 20 and cfg.data.max_fps == 1.0
+    cfg = load_config(
+        CONFIGS[0].parent / "tiny_cpu.yaml",
+        ["model.stts.keep_ratio=0.3", "train.num_steps=20", "data.max_fps=1"],
+    )
+    assert (
+        cfg.model.stts.keep_ratio == 0.3 and cfg.train.num_steps == 20 and cfg.data.max_fps == 1.0
+    )
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -101,8 +101,10 @@ def test_only_the_cli_imports_commands():
             if path in allowed or (REPO / "stts_train" / "commands") in path.parents:
                 continue
             bad += violations(path, ("stts_train.commands",))
-    assert not bad, "only stts_train/cli.py may import stts_train.commands; move the logic " \
+    assert not bad, (
+        "only stts_train/cli.py may import stts_train.commands; move the logic "
         "into the library and call it from the command:\n" + "\n".join(bad)
+    )
 
 
 def module_graph() -> dict[str, set[str]]:
@@ -134,7 +136,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 found = visit(target)
                 if found:

@@ -53,8 +53,13 @@ def _bench_worker(cfg_dict: dict, steps: int, warmup: int) -> dict:
 
 
 def run_engine_bench(
-    config_path: str, zero_stages: tuple[int, ...] = (1, 2, 3), dp: int = 2, steps: int = 6,
-    out: str | None = "bench/results/engine-cpu.json", warmup: int = 1, overrides: tuple[str, ...] = (),
+    config_path: str,
+    zero_stages: tuple[int, ...] = (1, 2, 3),
+    dp: int = 2,
+    steps: int = 6,
+    out: str | None = "bench/results/engine-cpu.json",
+    warmup: int = 1,
+    overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the benchmark and write the JSON report (returns it)."""
     import torch
@@ -76,16 +81,26 @@ def run_engine_bench(
             t0 = time.perf_counter()
             ranks = run_distributed_test(_bench_worker, dp, (cfg, steps, warmup), timeout_s=600)
             wall = time.perf_counter() - t0
-        results.append({
-            "zero_stage": stage, "dp": dp, "steps": steps, "warmup_steps": warmup,
-            "wall_s_incl_startup": wall,
-            "per_rank": [
-                {"rank": r["rank"], "step_s_median": r["step_s_median"], "step_s_all": r["step_s_all"],
-                 "peak_mem_gib": r["peak_mem_gib"]} for r in ranks
-            ],
-            "step_s_median_max_rank": max(r["step_s_median"] for r in ranks),
-            "losses": ranks[0]["losses"],
-        })
+        results.append(
+            {
+                "zero_stage": stage,
+                "dp": dp,
+                "steps": steps,
+                "warmup_steps": warmup,
+                "wall_s_incl_startup": wall,
+                "per_rank": [
+                    {
+                        "rank": r["rank"],
+                        "step_s_median": r["step_s_median"],
+                        "step_s_all": r["step_s_all"],
+                        "peak_mem_gib": r["peak_mem_gib"],
+                    }
+                    for r in ranks
+                ],
+                "step_s_median_max_rank": max(r["step_s_median"] for r in ranks),
+                "losses": ranks[0]["losses"],
+            }
+        )
     report = {
         "benchmark": "engine",
         "config": str(config_path),
@@ -94,8 +109,8 @@ def run_engine_bench(
         "machine": machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "results": results,
         "notes": "step time = forward+backward+optimizer step of one global batch (synthetic data, "
-                 "micro_batches_per_step from the config); peak memory = max RSS per rank process "
-                 "on CPU. Stages ran back to back on a shared machine.",
+        "micro_batches_per_step from the config); peak memory = max RSS per rank process "
+        "on CPU. Stages ran back to back on a shared machine.",
     }
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

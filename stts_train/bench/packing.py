@@ -36,18 +36,35 @@ MODALITY_MIX = ((Modality.VIDEO, 0.5), (Modality.IMAGE, 0.3), (Modality.TEXT, 0.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="bench/results/packing.json", help="JSON output (a PNG is written beside it)")
+    parser.add_argument(
+        "--out",
+        default="bench/results/packing.json",
+        help="JSON output (a PNG is written beside it)",
+    )
     parser.add_argument("--window", type=int, default=512, help="new samples per planner window")
     parser.add_argument("--windows", type=int, default=16, help="windows per setting")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--algorithms", default="balanced,pad_to_longest,ffd,knapsack",
-                        help="comma-separated subset of balanced,pad_to_longest,ffd,knapsack")
-    parser.add_argument("--dp", default=",".join(map(str, DP_SIZES)), help="comma-separated data-parallel sizes")
-    parser.add_argument("--keep", default=",".join(map(str, KEEP_RATIOS)), help="comma-separated keep ratios")
+    parser.add_argument(
+        "--algorithms",
+        default="balanced,pad_to_longest,ffd,knapsack",
+        help="comma-separated subset of balanced,pad_to_longest,ffd,knapsack",
+    )
+    parser.add_argument(
+        "--dp", default=",".join(map(str, DP_SIZES)), help="comma-separated data-parallel sizes"
+    )
+    parser.add_argument(
+        "--keep", default=",".join(map(str, KEEP_RATIOS)), help="comma-separated keep ratios"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    parser.add_argument("--live-window", type=int, default=64,
-                        help="live loader: decoded samples per rank per window (packing.window_size)")
-    parser.add_argument("--live-windows", type=int, default=8, help="live loader: windows per setting")
+    parser.add_argument(
+        "--live-window",
+        type=int,
+        default=64,
+        help="live loader: decoded samples per rank per window (packing.window_size)",
+    )
+    parser.add_argument(
+        "--live-windows", type=int, default=8, help="live loader: windows per setting"
+    )
 
 
 def generate_trace(num_samples: int, seed: int, start: int = 0):
@@ -61,7 +78,9 @@ def generate_trace(num_samples: int, seed: int, start: int = 0):
     probs = np.array([p for _, p in MODALITY_MIX])
     modality = rng.choice(mods, size=num_samples, p=probs)
     frames = np.clip(np.round(np.exp(rng.normal(np.log(32), 0.9, num_samples))), 8, 256).astype(int)
-    text = np.clip(np.round(np.exp(rng.normal(np.log(150), 1.0, num_samples))), 20, 2000).astype(int)
+    text = np.clip(np.round(np.exp(rng.normal(np.log(150), 1.0, num_samples))), 20, 2000).astype(
+        int
+    )
     loss_frac = rng.uniform(0.1, 0.5, num_samples)
     out = []
     for i in range(num_samples):
@@ -69,13 +88,25 @@ def generate_trace(num_samples: int, seed: int, start: int = 0):
         loss = max(1, int(text[i] * loss_frac[i]))
         if m == Modality.VIDEO:
             t = int(frames[i])
-            meta = SampleMeta(key=f"s{seed}-{start + i}", modalities=(m,), frames=(t,),
-                              num_text_tokens=int(text[i]) + 5 * t, num_loss_tokens=loss)
+            meta = SampleMeta(
+                key=f"s{seed}-{start + i}",
+                modalities=(m,),
+                frames=(t,),
+                num_text_tokens=int(text[i]) + 5 * t,
+                num_loss_tokens=loss,
+            )
         elif m == Modality.IMAGE:
-            meta = SampleMeta(key=f"s{seed}-{start + i}", modalities=(m,), frames=(1,),
-                              num_text_tokens=int(text[i]) + 11, num_loss_tokens=loss)
+            meta = SampleMeta(
+                key=f"s{seed}-{start + i}",
+                modalities=(m,),
+                frames=(1,),
+                num_text_tokens=int(text[i]) + 11,
+                num_loss_tokens=loss,
+            )
         else:
-            meta = SampleMeta(key=f"s{seed}-{start + i}", num_text_tokens=int(text[i]), num_loss_tokens=loss)
+            meta = SampleMeta(
+                key=f"s{seed}-{start + i}", num_text_tokens=int(text[i]), num_loss_tokens=loss
+            )
         out.append(meta)
     return out
 
@@ -98,8 +129,9 @@ def run_setting(algorithm: str, keep: float, dp: int, args: argparse.Namespace) 
     model_cfg = ModelConfig(stts=SttsConfig(keep_ratio=keep))
     cost = CostModel(model_cfg)
     max_llm, max_vit = budgets_for(keep)
-    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit, window_size=args.window,
-                        seed=args.seed)
+    cfg = PackingConfig(
+        max_llm_tokens=max_llm, max_vit_patches=max_vit, window_size=args.window, seed=args.seed
+    )
     planner = StreamingPlanner(cfg, cost, dp, algorithm)
     per_window, plan_ms, ingest_ms, carried, pool_sizes = [], [], [], [], []
     for w in range(args.windows):
@@ -127,10 +159,15 @@ def run_setting(algorithm: str, keep: float, dp: int, args: argparse.Namespace) 
     def agg(key: str, fn) -> float:
         vals = [m[key] for m in per_window]
         return float(fn(vals)) if vals else float("nan")
+
     return {
-        "algorithm": algorithm, "keep_ratio": keep, "dp": dp,
-        "max_llm_tokens": max_llm, "max_vit_patches": max_vit,
-        "windows": args.windows, "windows_with_rows": len(per_window),
+        "algorithm": algorithm,
+        "keep_ratio": keep,
+        "dp": dp,
+        "max_llm_tokens": max_llm,
+        "max_vit_patches": max_vit,
+        "windows": args.windows,
+        "windows_with_rows": len(per_window),
         "padding_waste_llm": agg("padding_waste_llm", np.mean),
         "padding_waste_vit": agg("padding_waste_vit", np.mean),
         "imbalance_mean": agg("imbalance", np.mean),
@@ -165,8 +202,12 @@ def run_live_setting(keep: float, dp: int, args: argparse.Namespace, prefer_home
 
     cost = CostModel(ModelConfig(stts=SttsConfig(keep_ratio=keep)))
     max_llm, max_vit = budgets_for(keep)
-    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit, seed=args.seed,
-                        prefer_home_rank=prefer_home)
+    cfg = PackingConfig(
+        max_llm_tokens=max_llm,
+        max_vit_patches=max_vit,
+        seed=args.seed,
+        prefer_home_rank=prefer_home,
+    )
     per_rank = args.live_window
     n = per_rank * dp
     home = [i // per_rank for i in range(n)]
@@ -182,8 +223,11 @@ def run_live_setting(keep: float, dp: int, args: argparse.Namespace, prefer_home
         moved_vit.append(float(pool.vit_patches[away].sum() / pool.vit_patches.sum()))
         rows.append(plan_metrics(Plan("balanced", ranks, []), pool, cost, cfg))
     return {
-        "mode": "prefer_home_rank" if prefer_home else "balance_first", "keep_ratio": keep, "dp": dp,
-        "samples_per_rank": per_rank, "windows": args.live_windows,
+        "mode": "prefer_home_rank" if prefer_home else "balance_first",
+        "keep_ratio": keep,
+        "dp": dp,
+        "samples_per_rank": per_rank,
+        "windows": args.live_windows,
         "padding_waste_llm": float(np.mean([m["padding_waste_llm"] for m in rows])),
         "padding_waste_vit": float(np.mean([m["padding_waste_vit"] for m in rows])),
         "imbalance_mean": float(np.mean([m["imbalance"] for m in rows])),
@@ -201,7 +245,10 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    algos = sorted({r["algorithm"] for r in results}, key=["balanced", "pad_to_longest", "ffd", "knapsack"].index)
+    algos = sorted(
+        {r["algorithm"] for r in results},
+        key=["balanced", "pad_to_longest", "ffd", "knapsack"].index,
+    )
     settings = sorted({(r["keep_ratio"], r["dp"]) for r in results}, key=lambda s: (-s[0], s[1]))
     metrics = ["padding_waste_llm", "padding_waste_vit", "imbalance_p95"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.2))
@@ -210,7 +257,9 @@ def plot(results: list[dict], path: Path) -> None:
         for k, algo in enumerate(algos):
             vals = []
             for s in settings:
-                row = next(r for r in results if r["algorithm"] == algo and (r["keep_ratio"], r["dp"]) == s)
+                row = next(
+                    r for r in results if r["algorithm"] == algo and (r["keep_ratio"], r["dp"]) == s
+                )
                 vals.append(row[metric])
             ax.bar([x + k * width for x in range(len(settings))], vals, width, label=algo)
         ax.set_xticks([x + width * (len(algos) - 1) / 2 for x in range(len(settings))])
@@ -235,35 +284,44 @@ def run(args: argparse.Namespace) -> int:
             for algo in algorithms:
                 r = run_setting(algo, keep, dp, args)
                 results.append(r)
-                print(f"keep={keep} dp={dp:>3} {algo:>14}: waste llm {r['padding_waste_llm']:.4f} vit "
-                      f"{r['padding_waste_vit']:.4f} imbalance mean {r['imbalance_mean']:.4f} p95 "
-                      f"{r['imbalance_p95']:.4f} carried {r['carried_over']:.1f} plan {r['planner_ms']:.1f} ms",
-                      flush=True)
+                print(
+                    f"keep={keep} dp={dp:>3} {algo:>14}: waste llm {r['padding_waste_llm']:.4f} vit "
+                    f"{r['padding_waste_vit']:.4f} imbalance mean {r['imbalance_mean']:.4f} p95 "
+                    f"{r['imbalance_p95']:.4f} carried {r['carried_over']:.1f} plan {r['planner_ms']:.1f} ms",
+                    flush=True,
+                )
             for prefer_home in (True, False):
                 r = run_live_setting(keep, dp, args, prefer_home)
                 live.append(r)
-                print(f"    live {r['mode']}: waste llm {r['padding_waste_llm']:.4f} vit {r['padding_waste_vit']:.4f} "
-                      f"imbalance p95 {r['imbalance_p95']:.4f} moved samples {r['moved_samples']:.3f} "
-                      f"patches {r['moved_vit_patches']:.3f} plan {r['planner_ms']:.1f} ms", flush=True)
+                print(
+                    f"    live {r['mode']}: waste llm {r['padding_waste_llm']:.4f} vit {r['padding_waste_vit']:.4f} "
+                    f"imbalance p95 {r['imbalance_p95']:.4f} moved samples {r['moved_samples']:.3f} "
+                    f"patches {r['moved_vit_patches']:.3f} plan {r['planner_ms']:.1f} ms",
+                    flush=True,
+                )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "packing",
         "machine": machine_info(),
-        "trace": {"window": args.window, "windows": args.windows, "seed": args.seed,
-                  "modality_mix": {"video": 0.5, "image": 0.3, "text": 0.2},
-                  "frames": "lognormal(median 32, sigma 0.9) clipped to [8, 256]",
-                  "text_tokens": "lognormal(median 150, sigma 1.0) clipped to [20, 2000]"},
+        "trace": {
+            "window": args.window,
+            "windows": args.windows,
+            "seed": args.seed,
+            "modality_mix": {"video": 0.5, "image": 0.3, "text": 0.2},
+            "frames": "lognormal(median 32, sigma 0.9) clipped to [8, 256]",
+            "text_tokens": "lognormal(median 150, sigma 1.0) clipped to [20, 2000]",
+        },
         "model": "ModelConfig() defaults (Molmo2-4B geometry), keep ratio per setting",
         "definitions": {
             "padding_waste_llm/vit": "1 - useful modelled cost / cost paid in that stage when ranks run "
-                                     "micro-batch j in lockstep (each pays for the largest row at j), "
-                                     "incl. in-row padding (pad_to_longest); mean over windows",
+            "micro-batch j in lockstep (each pays for the largest row at j), "
+            "incl. in-row padding (pad_to_longest); mean over windows",
             "padding_waste_llm_tokens/vit_patches": "the same, counted in tokens / patches instead of cost",
             "fill_llm/vit": "tokens (patches) used / (rows x budget); rows are varlen, unused budget costs nothing",
             "imbalance": "max rank cost / mean rank cost - 1, per window; mean and p95 over windows",
             "carried_over": "samples carried into the next window (mean over all windows, incl. windows where "
-                            "the balanced planner waits for more samples and carries all of them)",
+            "the balanced planner waits for more samples and carries all of them)",
             "planner_ms": "wall time of planning one window (carry + new samples), mean",
             "planner_ms_512": "wall time of planning a fresh 512-sample window (no carry), median of 3",
             "windows_with_rows": "windows that emitted a step (waste and imbalance are over these)",
@@ -272,9 +330,9 @@ def run(args: argparse.Namespace) -> int:
         "live": live,
         "live_definitions": {
             "what": "the training loader's plan: each rank holds samples_per_rank decoded samples, the union "
-                    "is planned whole (nothing carried, so a checkpoint needs only the window start)",
+            "is planned whole (nothing carried, so a checkpoint needs only the window start)",
             "prefer_home_rank": "a sample stays on the rank holding it when a row there fits it within the "
-                                "balance tolerance (packing.prefer_home_rank, the default)",
+            "balance tolerance (packing.prefer_home_rank, the default)",
             "balance_first": "placement ignores where samples are; ranks are then relabelled for locality",
             "moved_samples / moved_vit_patches": "fraction of samples / of ViT patches sent to another rank",
             "planner_ms": "plan + locality steps for the whole window (all ranks' samples), mean",

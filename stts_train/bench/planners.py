@@ -70,8 +70,12 @@ class PlannerOptions:
     """pad_to_longest baseline: samples per micro-batch; 0 = as many as fit when padded."""
 
     def __post_init__(self) -> None:
-        for name in ("max_carry_windows", "knapsack_buffer", "knapsack_token_steps",
-                     "knapsack_frame_steps"):
+        for name in (
+            "max_carry_windows",
+            "knapsack_buffer",
+            "knapsack_token_steps",
+            "knapsack_frame_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"PlannerOptions.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 < self.largest_share <= 1.0:
@@ -94,7 +98,10 @@ def _deal(rows: list[list[int]], num_ranks: int) -> tuple[list[list[list[int]]],
 
 
 def plan_pad_to_longest(
-    pool: PoolArrays, num_ranks: int, cfg: PackingConfig, patches_per_frame: int,
+    pool: PoolArrays,
+    num_ranks: int,
+    cfg: PackingConfig,
+    patches_per_frame: int,
     opts: PlannerOptions,
 ) -> Plan:
     check_sizes(pool, cfg)
@@ -106,7 +113,11 @@ def plan_pad_to_longest(
         t, f = int(pool.llm_tokens[i]), int(pool.frames[i])
         nt, nf = max(max_tok, t), max(max_frames, f)
         b = len(cur) + 1
-        if cur and (b > cap_b or b * nt > cfg.max_llm_tokens or b * nf * patches_per_frame > cfg.max_vit_patches):
+        if cur and (
+            b > cap_b
+            or b * nt > cfg.max_llm_tokens
+            or b * nf * patches_per_frame > cfg.max_vit_patches
+        ):
             rows.append(cur)
             cur, nt, nf = [], t, f
         cur.append(i)
@@ -139,7 +150,9 @@ def plan_ffd(pool: PoolArrays, num_ranks: int, cfg: PackingConfig) -> Plan:
     return Plan("ffd", ranks, carried)
 
 
-def _knapsack_row(weights_q: np.ndarray, frames: np.ndarray, values: np.ndarray, cap_q: int, cap_f: int) -> list[int]:
+def _knapsack_row(
+    weights_q: np.ndarray, frames: np.ndarray, values: np.ndarray, cap_q: int, cap_f: int
+) -> list[int]:
     """0/1 knapsack over two integer capacities; returns chosen item positions."""
     value = np.zeros((cap_q + 1, cap_f + 1), np.float32)
     takes = []
@@ -164,7 +177,10 @@ def _knapsack_row(weights_q: np.ndarray, frames: np.ndarray, values: np.ndarray,
 
 
 def plan_knapsack(
-    pool: PoolArrays, num_ranks: int, cfg: PackingConfig, patches_per_frame: int,
+    pool: PoolArrays,
+    num_ranks: int,
+    cfg: PackingConfig,
+    patches_per_frame: int,
     opts: PlannerOptions,
 ) -> Plan:
     check_sizes(pool, cfg)
@@ -198,8 +214,13 @@ def plan_knapsack(
 
 
 def plan_window(
-    pool: PoolArrays, num_ranks: int, cfg: PackingConfig, patches_per_frame: int,
-    algorithm: str = "balanced", flush: bool = False, options: PlannerOptions | None = None,
+    pool: PoolArrays,
+    num_ranks: int,
+    cfg: PackingConfig,
+    patches_per_frame: int,
+    algorithm: str = "balanced",
+    flush: bool = False,
+    options: PlannerOptions | None = None,
     ages: np.ndarray | None = None,
 ) -> Plan:
     """One window's plan by `algorithm`; `ages` (balanced): windows each sample was carried
@@ -221,7 +242,9 @@ def plan_window(
     raise ValueError(f"algorithm={algorithm!r} is not one of {list(ALGORITHMS)}")
 
 
-def plan_metrics(plan: Plan, pool: PoolArrays, cost: CostModel, cfg: PackingConfig) -> dict[str, float] | None:
+def plan_metrics(
+    plan: Plan, pool: PoolArrays, cost: CostModel, cfg: PackingConfig
+) -> dict[str, float] | None:
     """Waste, imbalance and fill of one window's plan (None if it emitted no rows)."""
     num_ranks, m = len(plan.ranks), plan.rows_per_rank
     if m == 0:
@@ -245,12 +268,18 @@ def plan_metrics(plan: Plan, pool: PoolArrays, cost: CostModel, cfg: PackingConf
             tok[r, j] = pool.llm_tokens[idx].sum()
             pat[r, j] = pool.vit_patches[idx].sum()
             paid_llm[r, j], paid_vit[r, j], paid_tok[r, j], paid_pat[r, j] = (
-                real_llm[r, j], real_vit[r, j], tok[r, j], pat[r, j])
+                real_llm[r, j],
+                real_vit[r, j],
+                tok[r, j],
+                pat[r, j],
+            )
             if padded and idx.size:
                 lens = pool.llm_tokens[idx]
                 pad_frames = idx.size * int(pool.frames[idx].max()) - int(pool.frames[idx].sum())
-                paid_llm[r, j] += (idx.size * cost.llm_cost_of_length(float(lens.max()))
-                                   - cost.llm_cost_of_length(lens.astype(float)).sum())
+                paid_llm[r, j] += (
+                    idx.size * cost.llm_cost_of_length(float(lens.max()))
+                    - cost.llm_cost_of_length(lens.astype(float)).sum()
+                )
                 paid_vit[r, j] += pad_frames * pad_frame
                 paid_tok[r, j] = idx.size * lens.max()
                 paid_pat[r, j] += pad_frames * ppf
@@ -279,7 +308,11 @@ class StreamingPlanner:
     """Windows in, plans out; carried-over samples open the next window (never dropped)."""
 
     def __init__(
-        self, cfg: PackingConfig, cost: CostModel, num_ranks: int, algorithm: str = "balanced",
+        self,
+        cfg: PackingConfig,
+        cost: CostModel,
+        num_ranks: int,
+        algorithm: str = "balanced",
         options: PlannerOptions | None = None,
     ) -> None:
         self.cfg, self.cost, self.num_ranks = cfg, cost, num_ranks
@@ -289,8 +322,9 @@ class StreamingPlanner:
         self.carry_age = np.zeros(0, np.int64)
         """Windows each carried sample has already been carried over."""
 
-    def plan(self, new: list[SampleMeta], new_arrays: PoolArrays | None = None,
-             flush: bool = False) -> tuple[Plan, list[SampleMeta], PoolArrays]:
+    def plan(
+        self, new: list[SampleMeta], new_arrays: PoolArrays | None = None, flush: bool = False
+    ) -> tuple[Plan, list[SampleMeta], PoolArrays]:
         """Plan carry + `new`; returns (plan, pool metas, pool arrays), plan indices into the pool.
         A plan may have no rows (the balanced planner waits for a window large enough to balance);
         pass `flush=True` at the end of the stream."""
@@ -299,7 +333,9 @@ class StreamingPlanner:
         pool = PoolArrays.concat([self.carry, arrays])
         ages = np.concatenate([self.carry_age, np.zeros(len(arrays), np.int64)])
         ppf = self.cost.geom.patches_per_frame
-        plan = plan_window(pool, self.num_ranks, self.cfg, ppf, self.algorithm, flush, self.options, ages)
+        plan = plan_window(
+            pool, self.num_ranks, self.cfg, ppf, self.algorithm, flush, self.options, ages
+        )
         self.carry_metas = [pool_metas[i] for i in plan.carried_over]
         self.carry = pool.take(plan.carried_over)
         self.carry_age = ages[plan.carried_over]

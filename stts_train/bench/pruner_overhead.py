@@ -81,8 +81,15 @@ def measure_pruner_overhead(
         times = []
         for i in range(warmup + repeats):
             video = synthetic_video(
-                num_frames, rows, n // rows, dim, seed=i, motion=0.05, key_dim=72,
-                global_dim=None, generator=torch.Generator().manual_seed(i + 1),
+                num_frames,
+                rows,
+                n // rows,
+                dim,
+                seed=i,
+                motion=0.05,
+                key_dim=72,
+                global_dim=None,
+                generator=torch.Generator().manual_seed(i + 1),
                 keep_ratio=keep_ratio,
             )
             start = time.perf_counter()

@@ -18,19 +18,37 @@ DEFAULT_CONFIG = "configs/bench_cpu.yaml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})"
+    )
     p.add_argument("--frames", default="16,64", help="comma-separated frame counts (default 16,64)")
-    p.add_argument("--keep", default="1.0,0.5,0.3", help="comma-separated keep ratios; 1.0 is the baseline")
-    p.add_argument("--mode", default="train,prefill", help="train, prefill or both (comma-separated)")
+    p.add_argument(
+        "--keep", default="1.0,0.5,0.3", help="comma-separated keep ratios; 1.0 is the baseline"
+    )
+    p.add_argument(
+        "--mode", default="train,prefill", help="train, prefill or both (comma-separated)"
+    )
     p.add_argument("--text-tokens", type=int, default=64, help="prompt + answer tokens per sample")
     p.add_argument("--samples", type=int, default=1, help="videos per micro-batch")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per setting (median reported)")
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per setting (median reported)"
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16")
-    p.add_argument("--pruner-overhead", action="store_true", help="also time the training-free pruners per video")
-    p.add_argument("--distributed", action="store_true", help="ZeRO-1/2/3 at data-parallel 2 (writes engine-cpu.json)")
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/step-{cpu,gpu}.json)")
+    p.add_argument(
+        "--pruner-overhead",
+        action="store_true",
+        help="also time the training-free pruners per video",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="ZeRO-1/2/3 at data-parallel 2 (writes engine-cpu.json)",
+    )
+    p.add_argument(
+        "--out", default=None, help="JSON path (default bench/results/step-{cpu,gpu}.json)"
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
 
 
@@ -45,7 +63,10 @@ def build_batch(cfg, frames: int, text_tokens: int, samples: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     answer = max(1, text_tokens // 8)
     items = [(Modality.VIDEO, frames)]
-    made = [make_sample(cfg, f"bench-{s}", items, text_tokens - answer, answer, gen) for s in range(samples)]
+    made = [
+        make_sample(cfg, f"bench-{s}", items, text_tokens - answer, answer, gen)
+        for s in range(samples)
+    ]
     return collate_row(made, cfg), [s.meta for s in made]
 
 
@@ -89,8 +110,11 @@ def run_bench(args: argparse.Namespace) -> dict:
 
     job = load_config(args.config, args.set)
     cfg = job.model
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     dtype = torch.float32
     if args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda"):
         dtype = torch.bfloat16
@@ -112,7 +136,9 @@ def run_bench(args: argparse.Namespace) -> dict:
         batch = batch.to(device, float_dtype=dtype)
         flops = {}
         for keep in keeps:
-            cm = CostModel(dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, keep_ratio=keep)))
+            cm = CostModel(
+                dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, keep_ratio=keep))
+            )
             flops[keep] = sum(sum(cm.breakdown(meta).values()) for meta in metas)
         for mode in modes:
             times: dict[float, list[float]] = {k: [] for k in keeps}
@@ -129,15 +155,24 @@ def run_bench(args: argparse.Namespace) -> dict:
                 median = statistics.median(times[keep])
                 measured = base / median
                 predicted = flops[1.0] / flops[keep]
-                results.append({
-                    "frames": frames, "keep_ratio": keep, "mode": mode, "samples": args.samples,
-                    "seconds_median": median, "seconds_all": times[keep],
-                    "vit_patches_in": stats[keep]["vit_patches_in"], "vit_patches_kept": stats[keep]["vit_patches_kept"],
-                    "vit_block_tokens": stats[keep]["vit_block_tokens"], "llm_tokens": stats[keep]["llm_tokens"],
-                    "model_flops_forward": flops[keep],
-                    "speedup_measured": measured, "speedup_predicted": predicted,
-                    "measured_over_predicted": measured / predicted,
-                })
+                results.append(
+                    {
+                        "frames": frames,
+                        "keep_ratio": keep,
+                        "mode": mode,
+                        "samples": args.samples,
+                        "seconds_median": median,
+                        "seconds_all": times[keep],
+                        "vit_patches_in": stats[keep]["vit_patches_in"],
+                        "vit_patches_kept": stats[keep]["vit_patches_kept"],
+                        "vit_block_tokens": stats[keep]["vit_block_tokens"],
+                        "llm_tokens": stats[keep]["llm_tokens"],
+                        "model_flops_forward": flops[keep],
+                        "speedup_measured": measured,
+                        "speedup_predicted": predicted,
+                        "measured_over_predicted": measured / predicted,
+                    }
+                )
     bar.close()
     report = {
         "benchmark": "step",
@@ -154,7 +189,9 @@ def run_bench(args: argparse.Namespace) -> dict:
         fwd = [r for r in results if r["mode"] == "prefill" and r["keep_ratio"] == 1.0]
         report["pruner_overhead_ms_per_video"] = measure_pruner_overhead(num_frames=64)
         if fwd:
-            report["model_prefill_ms_per_video"] = {str(r["frames"]): 1000 * r["seconds_median"] / args.samples for r in fwd}
+            report["model_prefill_ms_per_video"] = {
+                str(r["frames"]): 1000 * r["seconds_median"] / args.samples for r in fwd
+            }
     return report
 
 
@@ -169,10 +206,20 @@ def plot(report: dict, png: Path) -> None:
     for ax, mode in zip(axes[0], modes):
         rows = [r for r in report["results"] if r["mode"] == mode and r["keep_ratio"] < 1.0]
         for keep in sorted({r["keep_ratio"] for r in rows}, reverse=True):
-            pts = sorted((r["frames"], r["speedup_measured"], r["speedup_predicted"]) for r in rows if r["keep_ratio"] == keep)
+            pts = sorted(
+                (r["frames"], r["speedup_measured"], r["speedup_predicted"])
+                for r in rows
+                if r["keep_ratio"] == keep
+            )
             xs = [p[0] for p in pts]
             line = ax.plot(xs, [p[1] for p in pts], "o-", label=f"keep {keep} measured")[0]
-            ax.plot(xs, [p[2] for p in pts], "x--", color=line.get_color(), label=f"keep {keep} FLOP-predicted")
+            ax.plot(
+                xs,
+                [p[2] for p in pts],
+                "x--",
+                color=line.get_color(),
+                label=f"keep {keep} FLOP-predicted",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("frames")
         ax.set_ylabel("speed-up vs keep 1.0")
@@ -194,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = run_bench(args)
     device = report["machine"]["device"]
-    out = Path(args.out or f"bench/results/step-{'gpu' if device.startswith('cuda') else 'cpu'}.json")
+    out = Path(
+        args.out or f"bench/results/step-{'gpu' if device.startswith('cuda') else 'cpu'}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     plot(report, out.with_suffix(".png"))

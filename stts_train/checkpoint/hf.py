@@ -60,24 +60,45 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     v, c, m, tok = cfg.vit, cfg.connector, cfg.llm, cfg.tokens
     return dict(
         vision_config=dict(
-            hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
-            num_attention_heads=v.num_heads, num_key_value_heads=v.num_heads, head_dim=v.head_dim,
-            layer_norm_eps=v.layer_norm_eps, image_size=[v.image_size, v.image_size], patch_size=v.patch_size,
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_hidden_layers=v.num_layers,
+            num_attention_heads=v.num_heads,
+            num_key_value_heads=v.num_heads,
+            head_dim=v.head_dim,
+            layer_norm_eps=v.layer_norm_eps,
+            image_size=[v.image_size, v.image_size],
+            patch_size=v.patch_size,
         ),
         adapter_config=dict(
-            vision_feature_layer=list(v.feature_layers), hidden_size=v.hidden_size,
-            num_attention_heads=c.pooling_num_heads, num_key_value_heads=c.pooling_num_heads,
-            head_dim=c.pooling_head_dim, intermediate_size=c.intermediate_size, text_hidden_size=m.hidden_size,
+            vision_feature_layer=list(v.feature_layers),
+            hidden_size=v.hidden_size,
+            num_attention_heads=c.pooling_num_heads,
+            num_key_value_heads=c.pooling_num_heads,
+            head_dim=c.pooling_head_dim,
+            intermediate_size=c.intermediate_size,
+            text_hidden_size=m.hidden_size,
         ),
         text_config=dict(
-            hidden_size=m.hidden_size, num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
-            head_dim=m.head_dim, vocab_size=m.vocab_size, additional_vocab_size=m.additional_vocab_size,
-            num_hidden_layers=m.num_layers, intermediate_size=m.intermediate_size, rms_norm_eps=m.rms_norm_eps,
-            rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta}, tie_word_embeddings=m.tie_word_embeddings,
+            hidden_size=m.hidden_size,
+            num_attention_heads=m.num_heads,
+            num_key_value_heads=m.num_kv_heads,
+            head_dim=m.head_dim,
+            vocab_size=m.vocab_size,
+            additional_vocab_size=m.additional_vocab_size,
+            num_hidden_layers=m.num_layers,
+            intermediate_size=m.intermediate_size,
+            rms_norm_eps=m.rms_norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
+            tie_word_embeddings=m.tie_word_embeddings,
         ),
-        image_start_token_id=tok.image_start_id, image_end_token_id=tok.image_end_id, image_patch_id=tok.image_patch_id,
-        low_res_image_start_token_id=tok.low_res_image_start_id, frame_start_token_id=tok.frame_start_id,
-        frame_end_token_id=tok.frame_end_id, tie_word_embeddings=m.tie_word_embeddings,
+        image_start_token_id=tok.image_start_id,
+        image_end_token_id=tok.image_end_id,
+        image_patch_id=tok.image_patch_id,
+        low_res_image_start_token_id=tok.low_res_image_start_id,
+        frame_start_token_id=tok.frame_start_id,
+        frame_end_token_id=tok.frame_end_id,
+        tie_word_embeddings=m.tie_word_embeddings,
         stts_image_attention=m.image_attention,
     )
 
@@ -92,15 +113,19 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[
     for name, tensor in state.items():
         tensor = tensor.detach().cpu().contiguous()
         if name.startswith("vision.scorer."):
-            scorer[SCORER_PREFIX + name[len("vision.scorer."):]] = tensor
-        elif name in ("vision.patch_embedding.weight", "vision.patch_embedding.bias", "vision.positional_embedding"):
-            out[VIT + name[len("vision."):]] = tensor
+            scorer[SCORER_PREFIX + name[len("vision.scorer.") :]] = tensor
+        elif name in (
+            "vision.patch_embedding.weight",
+            "vision.patch_embedding.bias",
+            "vision.positional_embedding",
+        ):
+            out[VIT + name[len("vision.") :]] = tensor
         elif name.startswith("vision.layers."):
-            i, rest = name[len("vision.layers."):].split(".", 1)
+            i, rest = name[len("vision.layers.") :].split(".", 1)
             module, leaf = rest.rsplit(".", 1)
             out[f"{VIT}transformer.resblocks.{i}.{_VIT_BLOCK[module]}.{leaf}"] = tensor
         elif name.startswith("connector."):
-            module, leaf = name[len("connector."):].rsplit(".", 1)
+            module, leaf = name[len("connector.") :].rsplit(".", 1)
             out[f"model.vision_backbone.{_CONNECTOR[module]}.{leaf}"] = tensor
         elif name == "llm.embed_tokens.weight":
             out["model.transformer.wte.embedding"] = tensor[: m.vocab_size].clone()
@@ -110,7 +135,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[
         elif name == "llm.lm_head.weight":
             out["lm_head.weight"] = tensor
         elif name.startswith("llm.layers."):
-            i, rest = name[len("llm.layers."):].split(".", 1)
+            i, rest = name[len("llm.layers.") :].split(".", 1)
             module, leaf = rest.rsplit(".", 1)
             if module in _LLM_BLOCK:
                 out[f"model.transformer.blocks.{i}.{_LLM_BLOCK[module]}.{leaf}"] = tensor
@@ -122,7 +147,11 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[
             [state[p + f"self_attn.{x}_proj.weight"].detach().cpu() for x in "qkv"], dim=0
         )
         out[f"model.transformer.blocks.{i}.mlp.ff_proj.weight"] = torch.cat(
-            [state[p + "mlp.up_proj.weight"].detach().cpu(), state[p + "mlp.gate_proj.weight"].detach().cpu()], dim=0
+            [
+                state[p + "mlp.up_proj.weight"].detach().cpu(),
+                state[p + "mlp.gate_proj.weight"].detach().cpu(),
+            ],
+            dim=0,
         )
     return out, scorer
 
@@ -138,18 +167,18 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     unknown = []
     for name, tensor in hf.items():
         if name.startswith(VIT + "transformer.resblocks."):
-            i, rest = name[len(VIT + "transformer.resblocks."):].split(".", 1)
+            i, rest = name[len(VIT + "transformer.resblocks.") :].split(".", 1)
             module, leaf = rest.rsplit(".", 1)
             if int(i) >= cfg.vit.num_layers:
                 continue  # layers past the deepest feature layer are not instantiated (as in HF)
             out[f"vision.layers.{i}.{inverse_vit[module]}.{leaf}"] = tensor
         elif name.startswith(VIT):
-            out["vision." + name[len(VIT):]] = tensor
+            out["vision." + name[len(VIT) :]] = tensor
         elif name.startswith("model.vision_backbone."):
-            module, leaf = name[len("model.vision_backbone."):].rsplit(".", 1)
+            module, leaf = name[len("model.vision_backbone.") :].rsplit(".", 1)
             out[f"connector.{inverse_conn[module]}.{leaf}"] = tensor
         elif name.startswith("model.transformer.blocks."):
-            i, rest = name[len("model.transformer.blocks."):].split(".", 1)
+            i, rest = name[len("model.transformer.blocks.") :].split(".", 1)
             module, leaf = rest.rsplit(".", 1)
             p = f"llm.layers.{i}."
             if module == "self_attn.att_proj":
@@ -172,9 +201,13 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
         else:
             unknown.append(name)
     if unknown:
-        raise CheckpointError(f"unrecognised Molmo2 weights: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+        raise CheckpointError(
+            f"unrecognised Molmo2 weights: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
+        )
     if "model.transformer.wte.embedding" not in hf:
-        raise CheckpointError("checkpoint has no model.transformer.wte.embedding; is it a Molmo2 checkpoint?")
+        raise CheckpointError(
+            "checkpoint has no model.transformer.wte.embedding; is it a Molmo2 checkpoint?"
+        )
     parts = [hf["model.transformer.wte.embedding"]]
     if "model.transformer.wte.new_embedding" in hf:
         parts.append(hf["model.transformer.wte.new_embedding"])
@@ -182,7 +215,9 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
-def load_hf(path: str | Path, base: ModelConfig | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def load_hf(
+    path: str | Path, base: ModelConfig | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a local Molmo2 directory: (ModelConfig with `base`'s STTS settings, our state dict).
 
     The state dict includes the scorer only if the directory has `stts_scorer.safetensors`; a model
@@ -191,10 +226,14 @@ def load_hf(path: str | Path, base: ModelConfig | None = None) -> tuple[ModelCon
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"{path} has no config.json; pass a Hugging Face Molmo2 checkpoint directory")
+        raise CheckpointError(
+            f"{path} has no config.json; pass a Hugging Face Molmo2 checkpoint directory"
+        )
     hf_cfg = json.loads(config_file.read_text())
     if hf_cfg.get("model_type") != "molmo2":
-        raise CheckpointError(f"{config_file}: model_type={hf_cfg.get('model_type')!r}, expected 'molmo2'")
+        raise CheckpointError(
+            f"{config_file}: model_type={hf_cfg.get('model_type')!r}, expected 'molmo2'"
+        )
     cfg = model_config_from_checkpoint(hf_cfg, base or ModelConfig(), path)
     state = read_state(path, cfg, from_hf_state_dict)
     scorer_file = path / SCORER_FILE
@@ -202,7 +241,7 @@ def load_hf(path: str | Path, base: ModelConfig | None = None) -> tuple[ModelCon
         from safetensors.torch import load_file
 
         for name, tensor in load_file(str(scorer_file)).items():
-            state["vision.scorer." + name[len(SCORER_PREFIX):]] = tensor
+            state["vision.scorer." + name[len(SCORER_PREFIX) :]] = tensor
     return cfg, state
 
 
@@ -211,7 +250,9 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("vision.scorer.")]
     if missing or unexpected:
-        raise CheckpointError(f"weights do not fit the model: missing {missing[:6]}, unexpected {unexpected[:6]}")
+        raise CheckpointError(
+            f"weights do not fit the model: missing {missing[:6]}, unexpected {unexpected[:6]}"
+        )
 
 
 def export_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str | Path) -> Path:
@@ -224,7 +265,11 @@ def export_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str | P
     try:
         from transformers import Molmo2Config  # complete config with every default filled in
     except ImportError:
-        config = {"model_type": "molmo2", "architectures": ["Molmo2ForConditionalGeneration"], **hf_config_dict(cfg)}
+        config = {
+            "model_type": "molmo2",
+            "architectures": ["Molmo2ForConditionalGeneration"],
+            **hf_config_dict(cfg),
+        }
         (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     else:
         hf_config = Molmo2Config(**hf_config_dict(cfg))

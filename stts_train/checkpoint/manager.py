@@ -140,8 +140,13 @@ class CheckpointManager:
 
     # -- save --------------------------------------------------------------------------------
     def save(
-        self, engine: Any, step: int, client_state: dict[str, Any], meta: dict[str, Any],
-        config_yaml: str, before_commit: Any = None,
+        self,
+        engine: Any,
+        step: int,
+        client_state: dict[str, Any],
+        meta: dict[str, Any],
+        config_yaml: str,
+        before_commit: Any = None,
     ) -> str:
         """Write, then commit, the checkpoint of `step`; returns its tag."""
         tag = step_tag(step)
@@ -154,7 +159,9 @@ class CheckpointManager:
                 shutil.rmtree(write_root)
             write_root.mkdir(parents=True)
         dist.barrier()
-        engine.save_checkpoint(str(write_root), tag=tag, client_state=client_state, save_latest=False)
+        engine.save_checkpoint(
+            str(write_root), tag=tag, client_state=client_state, save_latest=False
+        )
         dist.barrier()
         tag_dir = write_root / tag
         if self.rank == 0:
@@ -208,7 +215,9 @@ class CheckpointManager:
         if not self.remote:
             path = Path(self.root) / tag
             if not (path / "meta.json").is_file():
-                raise CheckpointError(f"checkpoint {path} has no meta.json; it is not a committed checkpoint")
+                raise CheckpointError(
+                    f"checkpoint {path} has no meta.json; it is not a committed checkpoint"
+                )
             return path
         dest = self.staging / f"load-{tag}"
         if self.local_rank == 0 and not (dest / tag / "meta.json").is_file():
@@ -225,7 +234,10 @@ class CheckpointManager:
         """Load engine state (model, optimizer, scheduler) and return the client state."""
         path = self.local_dir(tag)
         load_path, client_state = engine.load_checkpoint(
-            str(path.parent), tag=tag, load_module_strict=True, load_optimizer_states=True,
+            str(path.parent),
+            tag=tag,
+            load_module_strict=True,
+            load_optimizer_states=True,
             load_lr_scheduler_states=True,
         )
         if load_path is None:

@@ -13,8 +13,11 @@ BENCHMARKS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks (JSON + PNG under bench/results/)",
-                       description="Benchmarks; each writes a JSON file with the machine description and a PNG plot.")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks (JSON + PNG under bench/results/)",
+        description="Benchmarks; each writes a JSON file with the machine description and a PNG plot.",
+    )
     bench_sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, (module_name, help_text) in BENCHMARKS.items():
         bp = bench_sub.add_parser(name, help=help_text, description=help_text)
@@ -29,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "bench_import_error", None):
-        raise SystemExit(f"stts-train bench {args.benchmark}: cannot import {args.bench_module}: {args.bench_import_error}")
+        raise SystemExit(
+            f"stts-train bench {args.benchmark}: cannot import {args.bench_module}: {args.bench_import_error}"
+        )
     module = importlib.import_module(args.bench_module)
     return int(module.run(args) or 0)

@@ -17,8 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a shortened run (fewer clips and steps) for CI")
-    p.add_argument("--s3", action="store_true", help="store shards on a local S3 server (moto) instead of a folder")
+    p.add_argument(
+        "--quick", action="store_true", help="a shortened run (fewer clips and steps) for CI"
+    )
+    p.add_argument(
+        "--s3",
+        action="store_true",
+        help="store shards on a local S3 server (moto) instead of a folder",
+    )
     p.set_defaults(func=run)
 
 

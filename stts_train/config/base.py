@@ -27,9 +27,13 @@ def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict
     """Read a YAML mapping, resolving `base:` chains (cycle-safe)."""
     path = Path(path).resolve()
     if path in _seen:
-        raise ConfigError(f"{path}: `base:` chain loops back to itself ({' -> '.join(map(str, _seen))})")
+        raise ConfigError(
+            f"{path}: `base:` chain loops back to itself ({' -> '.join(map(str, _seen))})"
+        )
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass a path to a YAML file in configs/")
+        raise ConfigError(
+            f"config file {path} does not exist; pass a path to a YAML file in configs/"
+        )
     with path.open() as f:
         try:
             data = yaml.safe_load(f) or {}
@@ -60,7 +64,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     out = merge_dicts({}, data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. train.num_steps=20)")
+            raise ConfigError(
+                f"override {item!r} must look like key.sub=value (e.g. train.num_steps=20)"
+            )
         dotted, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -112,7 +118,9 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, found {value!r}")
+            raise ConfigError(
+                f"{where}: expected a mapping for section {tp.__name__}, found {value!r}"
+            )
         return from_dict(tp, value, source=source, prefix=key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -121,7 +129,9 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, found {len(value)}")
-            return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(
+                _convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args))
+            )
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -156,7 +166,9 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<config>", prefix: str = "") -> T:
+def from_dict(
+    cls: type[T], data: dict[str, Any], *, source: str = "<config>", prefix: str = ""
+) -> T:
     """Build dataclass `cls` from a mapping; unknown keys and bad types raise ConfigError."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}

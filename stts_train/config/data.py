@@ -51,15 +51,25 @@ class DataConfig:
         check(self.max_frames >= 1, f"data.max_frames={self.max_frames} must be >= 1")
         check(self.max_fps > 0, f"data.max_fps={self.max_fps} must be > 0")
         check(self.shuffle_buffer >= 0, f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0")
-        check(self.num_decode_actors >= 1,
-              f"data.num_decode_actors={self.num_decode_actors} must be >= 1; use "
-              "data.loader=sync to decode in-process")
-        check(self.max_consecutive_failures >= 1,
-              f"data.max_consecutive_failures={self.max_consecutive_failures} must be >= 1")
-        check(self.num_epochs is None or self.num_epochs >= 1,
-              f"data.num_epochs={self.num_epochs} must be >= 1 or null (endless)")
+        check(
+            self.num_decode_actors >= 1,
+            f"data.num_decode_actors={self.num_decode_actors} must be >= 1; use "
+            "data.loader=sync to decode in-process",
+        )
+        check(
+            self.max_consecutive_failures >= 1,
+            f"data.max_consecutive_failures={self.max_consecutive_failures} must be >= 1",
+        )
+        check(
+            self.num_epochs is None or self.num_epochs >= 1,
+            f"data.num_epochs={self.num_epochs} must be >= 1 or null (endless)",
+        )
         check(self.queue_size >= 1, f"data.queue_size={self.queue_size} must be >= 1")
-        check(self.storage_max_attempts >= 1,
-              f"data.storage_max_attempts={self.storage_max_attempts} must be >= 1")
-        check(self.storage_read_timeout_s > 0 and self.storage_connect_timeout_s > 0,
-              "data.storage_*_timeout_s must be > 0 (timeouts are always bounded)")
+        check(
+            self.storage_max_attempts >= 1,
+            f"data.storage_max_attempts={self.storage_max_attempts} must be >= 1",
+        )
+        check(
+            self.storage_read_timeout_s > 0 and self.storage_connect_timeout_s > 0,
+            "data.storage_*_timeout_s must be > 0 (timeouts are always bounded)",
+        )

@@ -21,7 +21,10 @@ class ParallelConfig:
 
     def __post_init__(self) -> None:
         check(self.num_ranks >= 1, f"parallel.num_ranks={self.num_ranks} must be >= 1")
-        check(self.tensor_parallel >= 1, f"parallel.tensor_parallel={self.tensor_parallel} must be >= 1")
+        check(
+            self.tensor_parallel >= 1,
+            f"parallel.tensor_parallel={self.tensor_parallel} must be >= 1",
+        )
 
 
 @dataclass(kw_only=True)
@@ -59,13 +62,19 @@ class SyntheticConfig:
     fingerprint: str = "synthetic-v1"
 
     def __post_init__(self) -> None:
-        check(self.samples_per_microbatch >= 1,
-              f"train.synthetic.samples_per_microbatch={self.samples_per_microbatch} must be >= 1")
+        check(
+            self.samples_per_microbatch >= 1,
+            f"train.synthetic.samples_per_microbatch={self.samples_per_microbatch} must be >= 1",
+        )
         check(self.max_frames >= 2, f"train.synthetic.max_frames={self.max_frames} must be >= 2")
-        check(1 <= self.min_text_tokens <= self.max_text_tokens,
-              "train.synthetic needs 1 <= min_text_tokens <= max_text_tokens")
-        check(abs(sum(self.modality_mix) - 1.0) < 1e-6 and min(self.modality_mix) >= 0,
-              f"train.synthetic.modality_mix={list(self.modality_mix)} must be >= 0 and sum to 1")
+        check(
+            1 <= self.min_text_tokens <= self.max_text_tokens,
+            "train.synthetic needs 1 <= min_text_tokens <= max_text_tokens",
+        )
+        check(
+            abs(sum(self.modality_mix) - 1.0) < 1e-6 and min(self.modality_mix) >= 0,
+            f"train.synthetic.modality_mix={list(self.modality_mix)} must be >= 0 and sum to 1",
+        )
 
 
 @dataclass(kw_only=True)
@@ -84,12 +93,14 @@ class TrainConfig:
     data_source: Literal["auto", "synthetic", "stream"] = "auto"
     """'synthetic' = deterministic random batches; 'stream' = data.path through the planner;
     'auto' = stream when data.path is set, else synthetic."""
-    synthetic: "SyntheticConfig" = field(default_factory=lambda: SyntheticConfig())
+    synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig())
 
     def __post_init__(self) -> None:
         check(self.num_steps >= 1, f"train.num_steps={self.num_steps} must be >= 1")
-        check(self.log_every >= 1,
-              f"train.log_every={self.log_every} must be >= 1 (1 = write metrics after every step)")
+        check(
+            self.log_every >= 1,
+            f"train.log_every={self.log_every} must be >= 1 (1 = write metrics after every step)",
+        )
 
 
 @dataclass(kw_only=True)

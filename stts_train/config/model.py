@@ -30,14 +30,20 @@ class VitConfig:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
-        check(self.image_size % self.patch_size == 0,
-              f"model.vit.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
-        check(self.num_heads * self.head_dim == self.hidden_size,
-              f"model.vit: num_heads*head_dim={self.num_heads * self.head_dim} must equal hidden_size={self.hidden_size}")
+        check(
+            self.image_size % self.patch_size == 0,
+            f"model.vit.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}",
+        )
+        check(
+            self.num_heads * self.head_dim == self.hidden_size,
+            f"model.vit: num_heads*head_dim={self.num_heads * self.head_dim} must equal hidden_size={self.hidden_size}",
+        )
         for layer in self.resolved_feature_layers:
-            check(0 <= layer < self.num_layers,
-                  f"model.vit.feature_layers={list(self.feature_layers)} resolve to {self.resolved_feature_layers}; "
-                  f"each must be in [0, num_layers={self.num_layers})")
+            check(
+                0 <= layer < self.num_layers,
+                f"model.vit.feature_layers={list(self.feature_layers)} resolve to {self.resolved_feature_layers}; "
+                f"each must be in [0, num_layers={self.num_layers})",
+            )
 
     @property
     def grid_size(self) -> int:
@@ -53,7 +59,9 @@ class VitConfig:
 
     @property
     def resolved_feature_layers(self) -> tuple[int, ...]:
-        return tuple(layer if layer >= 0 else self.num_layers + layer for layer in self.feature_layers)
+        return tuple(
+            layer if layer >= 0 else self.num_layers + layer for layer in self.feature_layers
+        )
 
 
 @dataclass(kw_only=True)
@@ -91,8 +99,10 @@ class LlmConfig:
     (bidirectional for Molmo2, what an stts-train export recorded)."""
 
     def __post_init__(self) -> None:
-        check(self.num_heads % self.num_kv_heads == 0,
-              f"model.llm.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        check(
+            self.num_heads % self.num_kv_heads == 0,
+            f"model.llm.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}",
+        )
 
     @property
     def total_vocab_size(self) -> int:
@@ -122,12 +132,19 @@ class SttsConfig:
     """Token pruner: 'stts' (learned) or 'none'; training-free pruners are chosen at eval time."""
 
     def __post_init__(self) -> None:
-        check(0.0 < self.keep_ratio <= 1.0,
-              f"model.stts.keep_ratio={self.keep_ratio} must be in (0, 1]; use 1.0 (or pruner=none) to disable pruning")
+        check(
+            0.0 < self.keep_ratio <= 1.0,
+            f"model.stts.keep_ratio={self.keep_ratio} must be in (0, 1]; use 1.0 (or pruner=none) to disable pruning",
+        )
         check(self.prune_at >= 0, f"model.stts.prune_at={self.prune_at} must be >= 0")
-        check(self.aux_loss_weight >= 0, f"model.stts.aux_loss_weight={self.aux_loss_weight} must be >= 0")
-        check(0.0 < self.rescale_bias_min < 1.0,
-              f"model.stts.rescale_bias_min={self.rescale_bias_min} must be in (0, 1)")
+        check(
+            self.aux_loss_weight >= 0,
+            f"model.stts.aux_loss_weight={self.aux_loss_weight} must be >= 0",
+        )
+        check(
+            0.0 < self.rescale_bias_min < 1.0,
+            f"model.stts.rescale_bias_min={self.rescale_bias_min} must be in (0, 1)",
+        )
 
 
 @dataclass(kw_only=True)
@@ -152,9 +169,16 @@ class SpecialTokens:
         """The tokens that attend to each other under bidirectional image attention: exactly those
         transformers' Molmo2 processor marks with mm_token_type_ids=1 (patches, column tokens, image
         and frame start/end, low-res start and <im_low>)."""
-        ids = (self.image_patch_id, self.image_col_id, self.image_start_id,
-               self.low_res_image_start_id, self.frame_start_id, self.image_end_id,
-               self.frame_end_id, self.image_low_id)
+        ids = (
+            self.image_patch_id,
+            self.image_col_id,
+            self.image_start_id,
+            self.low_res_image_start_id,
+            self.frame_start_id,
+            self.image_end_id,
+            self.frame_end_id,
+            self.image_low_id,
+        )
         return tuple(i for i in ids if i is not None)
 
 
@@ -182,18 +206,26 @@ class ModelConfig:
     token ids; a shape the config also sets must agree (stts_train/config/hf_checkpoint.py)."""
 
     def __post_init__(self) -> None:
-        check(self.vit.grid_size % self.connector.pool_size == 0,
-              f"model.vit grid {self.vit.grid_size}x{self.vit.grid_size} (image_size/patch_size) is not divisible "
-              f"by model.connector.pool_size={self.connector.pool_size}; pick image_size so the grid is a multiple")
-        check(self.stts.pruner in ("stts", "none"),
-              f"model.stts.pruner={self.stts.pruner!r} must be 'stts' or 'none' (training-free pruners are "
-              f"chosen with `stts-train eval --pruner`)")
-        check(self.stts.pruner == "none" or self.stts.prune_at + 1 < self.vit.num_layers,
-              f"model.stts.prune_at={self.stts.prune_at} needs block prune_at+1 < model.vit.num_layers="
-              f"{self.vit.num_layers}; lower prune_at or use more layers")
+        check(
+            self.vit.grid_size % self.connector.pool_size == 0,
+            f"model.vit grid {self.vit.grid_size}x{self.vit.grid_size} (image_size/patch_size) is not divisible "
+            f"by model.connector.pool_size={self.connector.pool_size}; pick image_size so the grid is a multiple",
+        )
+        check(
+            self.stts.pruner in ("stts", "none"),
+            f"model.stts.pruner={self.stts.pruner!r} must be 'stts' or 'none' (training-free pruners are "
+            f"chosen with `stts-train eval --pruner`)",
+        )
+        check(
+            self.stts.pruner == "none" or self.stts.prune_at + 1 < self.vit.num_layers,
+            f"model.stts.prune_at={self.stts.prune_at} needs block prune_at+1 < model.vit.num_layers="
+            f"{self.vit.num_layers}; lower prune_at or use more layers",
+        )
         for name, tid in vars(self.tokens).items():
-            check(tid is None or 0 <= tid < self.llm.total_vocab_size,
-                  f"model.tokens.{name}={tid} is outside the vocabulary (size {self.llm.total_vocab_size})")
+            check(
+                tid is None or 0 <= tid < self.llm.total_vocab_size,
+                f"model.tokens.{name}={tid} is outside the vocabulary (size {self.llm.total_vocab_size})",
+            )
 
     @property
     def groups_per_frame(self) -> int:

@@ -49,11 +49,23 @@ class PackingConfig:
 
     def __post_init__(self) -> None:
         check(self.max_llm_tokens > 0, f"packing.max_llm_tokens={self.max_llm_tokens} must be > 0")
-        check(self.max_vit_patches > 0, f"packing.max_vit_patches={self.max_vit_patches} must be > 0")
+        check(
+            self.max_vit_patches > 0, f"packing.max_vit_patches={self.max_vit_patches} must be > 0"
+        )
         check(self.window_size > 0, f"packing.window_size={self.window_size} must be > 0")
-        check(self.rows_per_rank is None or self.rows_per_rank > 0,
-              f"packing.rows_per_rank={self.rows_per_rank} must be > 0 (or null to derive it)")
-        check(0.0 < self.target_fill <= 1.0, f"packing.target_fill={self.target_fill} must be in (0, 1]")
-        check(0.0 <= self.balance_tolerance < 1.0,
-              f"packing.balance_tolerance={self.balance_tolerance} must be in [0, 1)")
-        check(0.5 <= self.target_scale <= 1.0, f"packing.target_scale={self.target_scale} must be in [0.5, 1]")
+        check(
+            self.rows_per_rank is None or self.rows_per_rank > 0,
+            f"packing.rows_per_rank={self.rows_per_rank} must be > 0 (or null to derive it)",
+        )
+        check(
+            0.0 < self.target_fill <= 1.0,
+            f"packing.target_fill={self.target_fill} must be in (0, 1]",
+        )
+        check(
+            0.0 <= self.balance_tolerance < 1.0,
+            f"packing.balance_tolerance={self.balance_tolerance} must be in [0, 1)",
+        )
+        check(
+            0.5 <= self.target_scale <= 1.0,
+            f"packing.target_scale={self.target_scale} must be in [0.5, 1]",
+        )

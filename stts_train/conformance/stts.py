@@ -44,7 +44,9 @@ from stts_train.pruning.stts import (
 GRID, POOL = 27, 3
 
 
-def golden_layout(case: Case, num_groups: int = (GRID // POOL) ** 2) -> tuple[FrameLayout, torch.Tensor, torch.Tensor]:
+def golden_layout(
+    case: Case, num_groups: int = (GRID // POOL) ** 2
+) -> tuple[FrameLayout, torch.Tensor, torch.Tensor]:
     """FrameLayout for the golden (B, K) layout, plus per-slot budgets and the real-frame mask."""
     num_images = case.tensor("num_images")
     modality = case.tensor("modality")
@@ -87,8 +89,14 @@ def _flat_prev_reset(num_frames: int) -> torch.Tensor:
 
 def _load_scorer(case: Case, prefix: str = "") -> TemporalTokenScorer:
     cfg = case.meta["config"]
-    scorer = TemporalTokenScorer(int(cfg["D"]), int(cfg["num_heads"]), int(cfg["head_dim"]), int(cfg["mlp_hidden"]))
-    state = {k[len(prefix):]: v for k, v in case.tensors.items() if k.startswith(prefix + "patch_token_pooler.") or k.startswith(prefix + "mlp.")}
+    scorer = TemporalTokenScorer(
+        int(cfg["D"]), int(cfg["num_heads"]), int(cfg["head_dim"]), int(cfg["mlp_hidden"])
+    )
+    state = {
+        k[len(prefix) :]: v
+        for k, v in case.tensors.items()
+        if k.startswith(prefix + "patch_token_pooler.") or k.startswith(prefix + "mlp.")
+    }
     scorer.load_state_dict(state, strict=True)
     return scorer.eval()
 
@@ -142,7 +150,12 @@ def run_aux_loss(case: Case) -> dict[str, torch.Tensor]:
     loss.backward()
     with torch.no_grad():
         cos = neighbor_cosine(hidden.detach(), gidx)
-    return {"loss": loss.detach(), "grad_scores": scores.grad, "grad_hidden": hidden.grad, "neighbor_cos": cos}
+    return {
+        "loss": loss.detach(),
+        "grad_scores": scores.grad,
+        "grad_hidden": hidden.grad,
+        "neighbor_cos": cos,
+    }
 
 
 def _vit_for_case(case: Case) -> VisionTransformer:
@@ -152,36 +165,65 @@ def _vit_for_case(case: Case) -> VisionTransformer:
     keep = 1.0 - float(cfg["prune_ratio"])
     model_cfg = ModelConfig(
         vit=VitConfig(
-            image_size=GRID * 14, patch_size=14, hidden_size=d, intermediate_size=int(cfg["mlp_hidden"]),
-            num_heads=heads, head_dim=head_dim, num_layers=layers, layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-6)),
+            image_size=GRID * 14,
+            patch_size=14,
+            hidden_size=d,
+            intermediate_size=int(cfg["mlp_hidden"]),
+            num_heads=heads,
+            head_dim=head_dim,
+            num_layers=layers,
+            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-6)),
             feature_layers=(layers - 1,),
         ),
-        connector=ConnectorConfig(pool_size=POOL, intermediate_size=8, pooling_num_heads=heads, pooling_head_dim=head_dim),
-        llm=LlmConfig(vocab_size=8, additional_vocab_size=0, hidden_size=8, intermediate_size=8, num_layers=1,
-                      num_heads=1, num_kv_heads=1, head_dim=8),
-        stts=SttsConfig(keep_ratio=max(keep, 1e-6), prune_at=int(cfg["prune_at"]), scorer_hidden_size=int(cfg["mlp_hidden"])),
+        connector=ConnectorConfig(
+            pool_size=POOL, intermediate_size=8, pooling_num_heads=heads, pooling_head_dim=head_dim
+        ),
+        llm=LlmConfig(
+            vocab_size=8,
+            additional_vocab_size=0,
+            hidden_size=8,
+            intermediate_size=8,
+            num_layers=1,
+            num_heads=1,
+            num_kv_heads=1,
+            head_dim=8,
+        ),
+        stts=SttsConfig(
+            keep_ratio=max(keep, 1e-6),
+            prune_at=int(cfg["prune_at"]),
+            scorer_hidden_size=int(cfg["mlp_hidden"]),
+        ),
         tokens=SpecialTokens(**{name: 0 for name in vars(SpecialTokens())}),
         attention_backend="sdpa_loop",
     )
     vit = VisionTransformer(model_cfg, LocalLayerFactory())
     state = {}
     renames = {
-        "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
-        "attention.wo": "self_attn.o_proj", "attention_norm": "layer_norm1", "ffn_norm": "layer_norm2",
-        "feed_forward.w1": "mlp.fc1", "feed_forward.w2": "mlp.fc2",
+        "attention.wq": "self_attn.q_proj",
+        "attention.wk": "self_attn.k_proj",
+        "attention.wv": "self_attn.v_proj",
+        "attention.wo": "self_attn.o_proj",
+        "attention_norm": "layer_norm1",
+        "ffn_norm": "layer_norm2",
+        "feed_forward.w1": "mlp.fc1",
+        "feed_forward.w2": "mlp.fc2",
     }
     for name, tensor in case.tensors.items():
         if case.meta["tensors"][name]["role"] != "weight":
             continue
         if name.startswith("temporal_token_scorer."):
-            state["scorer." + name[len("temporal_token_scorer."):]] = tensor
+            state["scorer." + name[len("temporal_token_scorer.") :]] = tensor
             continue
         new = name.replace("resblocks.", "layers.")
         for old, rep in renames.items():
             new = new.replace(f".{old}.", f".{rep}.")
         state[new] = tensor
     missing, unexpected = vit.load_state_dict(state, strict=False)
-    missing = [m for m in missing if m not in ("patch_embedding.weight", "patch_embedding.bias", "positional_embedding")]
+    missing = [
+        m
+        for m in missing
+        if m not in ("patch_embedding.weight", "patch_embedding.bias", "positional_embedding")
+    ]
     if missing or unexpected:
         raise KeyError(f"golden ViT weights do not map: missing {missing}, unexpected {unexpected}")
     return vit.eval()

@@ -27,8 +27,12 @@ Items = list[tuple[int, int]]
 
 
 def sample_from_tokens(
-    cfg: ModelConfig, key: str, ids: list[int] | torch.Tensor, items: Items,
-    pixels_FNC: list[torch.Tensor], labels: list[int] | torch.Tensor | None = None,
+    cfg: ModelConfig,
+    key: str,
+    ids: list[int] | torch.Tensor,
+    items: Items,
+    pixels_FNC: list[torch.Tensor],
+    labels: list[int] | torch.Tensor | None = None,
 ) -> TokenizedSample:
     """A TokenizedSample whose metadata is counted from its tokens (labels default: no loss)."""
     ids_t = torch.as_tensor(ids, dtype=torch.long)
@@ -46,14 +50,24 @@ def sample_from_tokens(
         num_loss_tokens=int((labels_t != IGNORE_INDEX).sum()),
     )
     return TokenizedSample(
-        key=key, input_ids=ids_t, labels=labels_t, pixels_FNC=list(pixels_FNC),
-        item_frames=[n for _, n in items], item_modality=[m for m, _ in items], meta=meta,
+        key=key,
+        input_ids=ids_t,
+        labels=labels_t,
+        pixels_FNC=list(pixels_FNC),
+        item_frames=[n for _, n in items],
+        item_modality=[m for m, _ in items],
+        meta=meta,
     )
 
 
 def make_sample(
-    cfg: ModelConfig, key: str, items: Items, prompt: int = 3, answer: int = 3,
-    seed: int | torch.Generator = 0, pixels_FNC: list[torch.Tensor] | None = None,
+    cfg: ModelConfig,
+    key: str,
+    items: Items,
+    prompt: int = 3,
+    answer: int = 3,
+    seed: int | torch.Generator = 0,
+    pixels_FNC: list[torch.Tensor] | None = None,
 ) -> TokenizedSample:
     """One sample of `prompt` + visual items + `answer` tokens (module docstring); random text
     and, unless `pixels_FNC` gives one (frames, N, C) tensor per item, random pixels."""
@@ -88,8 +102,12 @@ def make_sample(
 
 
 def make_batch(
-    cfg: ModelConfig, samples: list[Items], seed: int = 0, pixels_FNC: torch.Tensor | None = None,
-    prompt: int = 3, answer: int = 3,
+    cfg: ModelConfig,
+    samples: list[Items],
+    seed: int = 0,
+    pixels_FNC: torch.Tensor | None = None,
+    prompt: int = 3,
+    answer: int = 3,
 ) -> MicroBatch:
     """One row of samples `s0, s1, ...`, each a list of (modality, frames) items; `pixels_FNC`
     (every item's frames, in order) replaces the random pixels."""

@@ -44,9 +44,13 @@ def validate_sample(sample: TokenizedSample, cfg: ModelConfig) -> None:
     ids, labels = sample.input_ids, sample.labels
     where = f"sample {sample.key!r}"
     if ids.ndim != 1 or labels.shape != ids.shape:
-        raise LayoutError(f"{where}: input_ids {tuple(ids.shape)} and labels {tuple(labels.shape)} must be equal 1-D")
+        raise LayoutError(
+            f"{where}: input_ids {tuple(ids.shape)} and labels {tuple(labels.shape)} must be equal 1-D"
+        )
     if not (len(sample.pixels_FNC) == len(sample.item_frames) == len(sample.item_modality)):
-        raise LayoutError(f"{where}: give one pixels tensor, frame count and modality per visual item")
+        raise LayoutError(
+            f"{where}: give one pixels tensor, frame count and modality per visual item"
+        )
     patch = ids == cfg.tokens.image_patch_id
     frames = sum(sample.item_frames)
     if int(patch.sum()) != frames * cfg.groups_per_frame:
@@ -54,17 +58,24 @@ def validate_sample(sample: TokenizedSample, cfg: ModelConfig) -> None:
             f"misalignment in {where}: {int(patch.sum())} image placeholders for {frames} frames x "
             f"{cfg.groups_per_frame} groups"
         )
-    if bool((labels[patch] != IGNORE_INDEX).any()) or bool((labels == cfg.tokens.image_patch_id).any()):
+    if bool((labels[patch] != IGNORE_INDEX).any()) or bool(
+        (labels == cfg.tokens.image_patch_id).any()
+    ):
         raise LayoutError(f"{where}: image placeholders must carry no loss and never be a target")
     n, c = cfg.vit.num_patches, cfg.vit.patch_dim
     for i, (px, t) in enumerate(zip(sample.pixels_FNC, sample.item_frames)):
         if tuple(px.shape) != (t, n, c):
-            raise LayoutError(f"{where}: item {i} pixels have shape {tuple(px.shape)}, expected ({t}, {n}, {c})")
+            raise LayoutError(
+                f"{where}: item {i} pixels have shape {tuple(px.shape)}, expected ({t}, {n}, {c})"
+            )
     meta = sample.meta
     text = ids.numel() - int(patch.sum())
     loss = int((labels != IGNORE_INDEX).sum())
     if (meta.num_text_tokens, meta.num_loss_tokens, list(meta.frames), list(meta.modalities)) != (
-        text, loss, list(sample.item_frames), list(sample.item_modality)
+        text,
+        loss,
+        list(sample.item_frames),
+        list(sample.item_modality),
     ):
         raise LayoutError(
             f"{where}: metadata (text {meta.num_text_tokens}, loss {meta.num_loss_tokens}, frames "
@@ -88,13 +99,21 @@ def collate_row(
         cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
     pixels = [px for s in samples for px in s.pixels_FNC]
     return MicroBatch(
-        input_ids_S=torch.cat([s.input_ids.long() for s in samples]) if samples else torch.zeros(0, dtype=torch.long),
-        labels_S=torch.cat([s.labels.long() for s in samples]) if samples else torch.zeros(0, dtype=torch.long),
+        input_ids_S=torch.cat([s.input_ids.long() for s in samples])
+        if samples
+        else torch.zeros(0, dtype=torch.long),
+        labels_S=torch.cat([s.labels.long() for s in samples])
+        if samples
+        else torch.zeros(0, dtype=torch.long),
         cu_seqlens_B1=cu,
         pixels_FNC=torch.cat(pixels) if pixels else torch.zeros(0, n, c),
         item_frames_I=torch.tensor([t for s in samples for t in s.item_frames], dtype=torch.long),
-        item_modality_I=torch.tensor([m for s in samples for m in s.item_modality], dtype=torch.long),
-        item_sample_I=torch.tensor([b for b, s in enumerate(samples) for _ in s.item_frames], dtype=torch.long),
+        item_modality_I=torch.tensor(
+            [m for s in samples for m in s.item_modality], dtype=torch.long
+        ),
+        item_sample_I=torch.tensor(
+            [b for b, s in enumerate(samples) for _ in s.item_frames], dtype=torch.long
+        ),
         sample_keys=[s.key for s in samples],
     )
 
@@ -116,7 +135,9 @@ def padding_row(cfg: ModelConfig) -> MicroBatch:
     )
 
 
-def collate_plan(ranks: list[list[list[int]]], samples: list[TokenizedSample], cfg: ModelConfig) -> list[list[MicroBatch]]:
+def collate_plan(
+    ranks: list[list[list[int]]], samples: list[TokenizedSample], cfg: ModelConfig
+) -> list[list[MicroBatch]]:
     """Every rank's rows (pool indices into `samples`) as micro-batches."""
     return [[collate_row([samples[i] for i in row], cfg) for row in rank] for rank in ranks]
 

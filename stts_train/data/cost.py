@@ -45,7 +45,13 @@ from stts_train.constants import Modality
 from stts_train.data.lengths import Geometry, SampleMeta, kept_groups_per_item
 
 COMPONENTS = (
-    "vit_linear", "vit_attention", "scorer", "connector", "llm_linear", "llm_attention", "lm_head",
+    "vit_linear",
+    "vit_attention",
+    "scorer",
+    "connector",
+    "llm_linear",
+    "llm_attention",
+    "lm_head",
 )
 VIT_STAGE = ("vit_linear", "vit_attention", "scorer", "connector")
 LLM_STAGE = ("llm_linear", "llm_attention", "lm_head")
@@ -90,7 +96,9 @@ class SampleCost:
 class CostModel:
     """Per-sample FLOPs from a `ModelConfig` (see the module docstring for the counting rules)."""
 
-    def __init__(self, cfg: ModelConfig, weights: CostWeights | None = None, keep_ratio: float | None = None):
+    def __init__(
+        self, cfg: ModelConfig, weights: CostWeights | None = None, keep_ratio: float | None = None
+    ):
         self.cfg = cfg
         self.geom = Geometry.from_model_config(cfg, keep_ratio)
         self.weights = weights or CostWeights()
@@ -113,7 +121,9 @@ class CostModel:
         projector = 2 * dp * c.intermediate_size + c.intermediate_size * l.hidden_size
         self.connector_per_group = 2.0 * (pooling + projector)
         e, qd, kvd = l.hidden_size, l.num_heads * l.head_dim, l.num_kv_heads * l.head_dim
-        self.llm_token_linear = 2.0 * l.num_layers * (e * qd + 2 * e * kvd + qd * e + 3 * e * l.intermediate_size)
+        self.llm_token_linear = (
+            2.0 * l.num_layers * (e * qd + 2 * e * kvd + qd * e + 3 * e * l.intermediate_size)
+        )
         self.llm_attn_coef = 2.0 * l.num_layers * qd  # * L^2 per sample segment
         self.lm_head_per_token = 2.0 * e * l.total_vocab_size
 
@@ -133,7 +143,8 @@ class CostModel:
                     self.pre_blocks * patches + self.post_blocks * kept_patches
                 )
                 out["vit_attention"] += self.vit_attn_coef * (
-                    self.pre_blocks * t * n * n + self.post_blocks * _post_frame_sq(kept_patches, t, n)
+                    self.pre_blocks * t * n * n
+                    + self.post_blocks * _post_frame_sq(kept_patches, t, n)
                 )
                 out["scorer"] += self.scorer_per_group * t * g.groups_per_frame
             else:
@@ -158,15 +169,20 @@ class CostModel:
     def llm_cost_of_length(self, length: np.ndarray | float) -> np.ndarray | float:
         """Weighted LLM cost of a segment of `length` tokens without loss tokens (padding)."""
         w = self.weights
-        return w.llm_linear * self.llm_token_linear * length + w.llm_attention * self.llm_attn_coef * length**2
+        return (
+            w.llm_linear * self.llm_token_linear * length
+            + w.llm_attention * self.llm_attn_coef * length**2
+        )
 
     def padding_frame_cost(self) -> float:
         """Weighted ViT cost of one padding frame (blocks up to prune_at+1; later blocks drop it)."""
         n = self.geom.patches_per_frame
         blocks = self.pre_blocks if self.stts_on else self.vit_blocks
         w = self.weights
-        return (w.vit_linear * (self.patch_embed + self.vit_block_linear * blocks) * n
-                + w.vit_attention * self.vit_attn_coef * blocks * n * n)
+        return (
+            w.vit_linear * (self.patch_embed + self.vit_block_linear * blocks) * n
+            + w.vit_attention * self.vit_attn_coef * blocks * n * n
+        )
 
 
 def _post_frame_sq(kept_patches: int, frames: int, n: int) -> float:
@@ -197,8 +213,13 @@ def fit_weights(
         }
     names = list(groups)
     if len(records) < len(names):
-        raise ValueError(f"fit_weights needs at least {len(names)} measurements, got {len(records)}")
-    x = np.array([[sum(f.get(c, 0.0) for c in groups[g]) for g in names] for f, _ in records], dtype=np.float64)
+        raise ValueError(
+            f"fit_weights needs at least {len(names)} measurements, got {len(records)}"
+        )
+    x = np.array(
+        [[sum(f.get(c, 0.0) for c in groups[g]) for g in names] for f, _ in records],
+        dtype=np.float64,
+    )
     y = np.array([s for _, s in records], dtype=np.float64)
     scale = np.maximum(x.max(axis=0), 1e-30)
     active = list(range(len(names)))
@@ -209,8 +230,11 @@ def fit_weights(
             coef[active] = sol / scale[active]
             break
         active.pop(int(np.argmin(sol)))
-    ref = coef[names.index("llm_dense")] if "llm_dense" in names and coef[names.index("llm_dense")] > 0 else (
-        coef.max() if coef.max() > 0 else 1.0)
+    ref = (
+        coef[names.index("llm_dense")]
+        if "llm_dense" in names and coef[names.index("llm_dense")] > 0
+        else (coef.max() if coef.max() > 0 else 1.0)
+    )
     out = {}
     for g, c in zip(names, coef):
         for comp in groups[g]:

@@ -37,13 +37,18 @@ class SampleExchange:
     def exchange(self, outbox: dict[int, list[Any]]) -> dict[int, list[Any]]:
         """Send `outbox[r]` to rank r; returns {source rank: its list} for every rank that sent here."""
         device = self._device()
-        payload = {peer: pickle.dumps(objs, protocol=pickle.HIGHEST_PROTOCOL)
-                   for peer, objs in outbox.items() if objs and peer != self.rank}
+        payload = {
+            peer: pickle.dumps(objs, protocol=pickle.HIGHEST_PROTOCOL)
+            for peer, objs in outbox.items()
+            if objs and peer != self.rank
+        }
         sizes_R = torch.zeros(self.size, dtype=torch.int64, device=device)
         for peer, blob in payload.items():
             sizes_R[peer] = len(blob)
         all_sizes_RR = [torch.zeros_like(sizes_R) for _ in range(self.size)]
-        dist.all_gather(all_sizes_RR, sizes_R, group=self.group)  # all_sizes_RR[src][dst]: bytes src -> dst
+        dist.all_gather(
+            all_sizes_RR, sizes_R, group=self.group
+        )  # all_sizes_RR[src][dst]: bytes src -> dst
 
         ops, inbox_bytes = [], {}
         for peer in range(self.size):
@@ -61,4 +66,6 @@ class SampleExchange:
             for work in dist.batch_isend_irecv(ops):
                 work.wait()
         # pickles from the ranks of this same job (what torch's object collectives also unpickle)
-        return {peer: pickle.loads(buf.cpu().numpy().tobytes()) for peer, buf in inbox_bytes.items()}  # noqa: S301
+        return {
+            peer: pickle.loads(buf.cpu().numpy().tobytes()) for peer, buf in inbox_bytes.items()
+        }  # noqa: S301

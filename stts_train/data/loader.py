@@ -41,8 +41,15 @@ def decode_spec(job: JobConfig):
     from pipelines.schema import DecodeSpec
 
     v, d = job.model.vit, job.data
-    return DecodeSpec(image_size=v.image_size, patch_size=v.patch_size, mean=tuple(v.image_mean),
-                      std=tuple(v.image_std), max_frames=d.max_frames, max_fps=d.max_fps, seed=d.seed)
+    return DecodeSpec(
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        mean=tuple(v.image_mean),
+        std=tuple(v.image_std),
+        max_frames=d.max_frames,
+        max_fps=d.max_fps,
+        seed=d.seed,
+    )
 
 
 class PipelineSource:
@@ -59,7 +66,9 @@ class PipelineSource:
     """Resuming at another data-parallel size is refused: each rank's state pins its share of a
     planned window. (The stream itself can reshard: `pipelines.stream.combine_states`.)"""
 
-    def __init__(self, job: JobConfig, dp_rank: int, dp_size: int, tokenizer=None, group=None) -> None:
+    def __init__(
+        self, job: JobConfig, dp_rank: int, dp_size: int, tokenizer=None, group=None
+    ) -> None:
         from stts_train.models.tokenizer import load_tokenizer
 
         self.job = job
@@ -77,8 +86,8 @@ class PipelineSource:
         """Of the last planned window (the same on every rank; logged as data/<name>): modelled
         cost imbalance across ranks (max / mean - 1) and the fraction of samples moved to another
         rank."""
-        from pipelines.stream import Dataset
         from pipelines.storage import options_from_config
+        from pipelines.stream import Dataset
 
         self.fingerprint = Dataset(job.data.path, options_from_config(job.data)).fingerprint
 
@@ -88,7 +97,9 @@ class PipelineSource:
 
         if self.stream is not None:
             self.stream.close()
-        self.stream = open_stream(self.job.data, decode_spec(self.job), self.dp_rank, self.dp_size, state)
+        self.stream = open_stream(
+            self.job.data, decode_spec(self.job), self.dp_rank, self.dp_size, state
+        )
         self.exhausted = False
 
     def _read_local(self) -> list[TokenizedSample]:
@@ -108,7 +119,9 @@ class PipelineSource:
         self.window_state = copy.deepcopy(self.stream.state_dict())
         local = self._read_local()
         local_metas = [s.meta for s in local]
-        per_rank_metas = [local_metas] if self.exchange is None else self.exchange.all_gather(local_metas)
+        per_rank_metas = (
+            [local_metas] if self.exchange is None else self.exchange.all_gather(local_metas)
+        )
         metas = [m for rank in per_rank_metas for m in rank]
         home = [r for r, rank in enumerate(per_rank_metas) for _ in rank]
         if not metas:
@@ -118,26 +131,42 @@ class PipelineSource:
             )
         pool = PoolArrays.from_metas(metas, self.cost)
         ranks = assign_window(pool, home, self.dp_size, self.job.packing)
-        first = sum(len(rank) for rank in per_rank_metas[:self.dp_rank])  # pool index of local[0]
-        self.rows = self._collect_rows(ranks, {first + j: s for j, s in enumerate(local)}, metas, home)
+        first = sum(len(rank) for rank in per_rank_metas[: self.dp_rank])  # pool index of local[0]
+        self.rows = self._collect_rows(
+            ranks, {first + j: s for j, s in enumerate(local)}, metas, home
+        )
         self.consumed = 0
-        rank_cost = np.array([sum(float(pool.llm_cost[i] + pool.vit_cost[i]) for row in rank for i in row)
-                              for rank in ranks])
+        rank_cost = np.array(
+            [
+                sum(float(pool.llm_cost[i] + pool.vit_cost[i]) for row in rank for i in row)
+                for rank in ranks
+            ]
+        )
         moved = sum(1 for r, rank in enumerate(ranks) for row in rank for i in row if home[i] != r)
         self.window_stats = {
-            "planned_imbalance": float(rank_cost.max() / rank_cost.mean() - 1.0) if rank_cost.mean() > 0 else 0.0,
+            "planned_imbalance": float(rank_cost.max() / rank_cost.mean() - 1.0)
+            if rank_cost.mean() > 0
+            else 0.0,
             "moved_fraction": moved / len(metas),
         }
 
-    def _collect_rows(self, ranks: list[list[list[int]]], held: dict[int, TokenizedSample], metas: list,
-                      home: list[int]) -> list[list[TokenizedSample]]:
+    def _collect_rows(
+        self,
+        ranks: list[list[list[int]]],
+        held: dict[int, TokenizedSample],
+        metas: list,
+        home: list[int],
+    ) -> list[list[TokenizedSample]]:
         """Send the samples this rank holds to the ranks planned for them; receive this rank's."""
         mine = {i for row in ranks[self.dp_rank] for i in row}
         have = {i: s for i, s in held.items() if i in mine}
         if self.exchange is not None:
             # per destination, by pool index (the receiver derives the same order)
-            outbox = {r: [held[i] for i in sorted(i for row in rank for i in row if i in held)]
-                      for r, rank in enumerate(ranks) if r != self.dp_rank}
+            outbox = {
+                r: [held[i] for i in sorted(i for row in rank for i in row if i in held)]
+                for r, rank in enumerate(ranks)
+                if r != self.dp_rank
+            }
             for src, received in self.exchange.exchange(outbox).items():
                 expected = sorted(i for i in mine if home[i] == src)
                 if [s.key for s in received] != [metas[i].key for i in expected]:
@@ -145,7 +174,9 @@ class PipelineSource:
                 have.update(zip(expected, received))
         missing = sorted(mine - have.keys())
         if missing:
-            raise RuntimeError(f"data-parallel rank {self.dp_rank} did not receive planned samples {missing[:5]}")
+            raise RuntimeError(
+                f"data-parallel rank {self.dp_rank} did not receive planned samples {missing[:5]}"
+            )
         return [[have[i] for i in row] for row in ranks[self.dp_rank]]
 
     # -- trainer interface ------------------------------------------------------------------------
@@ -161,8 +192,13 @@ class PipelineSource:
         return out
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "kind": "pipeline", "dp_size": self.dp_size,
-                "window_state": self.window_state, "consumed": self.consumed}
+        return {
+            "version": STATE_VERSION,
+            "kind": "pipeline",
+            "dp_size": self.dp_size,
+            "window_state": self.window_state,
+            "consumed": self.consumed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION or state.get("kind") != "pipeline":
@@ -183,7 +219,9 @@ def eval_stream(job: JobConfig, path: str | None = None, max_frames: int | None 
     """One pass over a dataset in a fixed order, decoded in-process (for evaluation)."""
     from pipelines.stream import open_stream
 
-    data = replace(job.data, path=path or job.data.path, num_epochs=1, loader="sync", shuffle_buffer=1)
+    data = replace(
+        job.data, path=path or job.data.path, num_epochs=1, loader="sync", shuffle_buffer=1
+    )
     if max_frames:
         data = replace(data, max_frames=max_frames)
     spec = decode_spec(replace(job, data=data))

@@ -74,8 +74,11 @@ class PoolArrays:
     def take(self, idx: list[int] | np.ndarray) -> PoolArrays:
         idx = np.asarray(idx, np.int64)
         return PoolArrays(
-            llm_tokens=self.llm_tokens[idx], vit_patches=self.vit_patches[idx], frames=self.frames[idx],
-            llm_cost=self.llm_cost[idx], vit_cost=self.vit_cost[idx],
+            llm_tokens=self.llm_tokens[idx],
+            vit_patches=self.vit_patches[idx],
+            frames=self.frames[idx],
+            llm_cost=self.llm_cost[idx],
+            vit_cost=self.vit_cost[idx],
             num_loss_tokens=self.num_loss_tokens[idx],
             keys=[self.keys[i] for i in idx.tolist()] if self.keys else [],
         )
@@ -84,8 +87,17 @@ class PoolArrays:
     def concat(parts: list[PoolArrays]) -> PoolArrays:
         parts = [p for p in parts if len(p)] or parts[:1]
         return PoolArrays(
-            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in
-               ("llm_tokens", "vit_patches", "frames", "llm_cost", "vit_cost", "num_loss_tokens")},
+            **{
+                name: np.concatenate([getattr(p, name) for p in parts])
+                for name in (
+                    "llm_tokens",
+                    "vit_patches",
+                    "frames",
+                    "llm_cost",
+                    "vit_cost",
+                    "num_loss_tokens",
+                )
+            },
             keys=[k for p in parts for k in p.keys],
         )
 
@@ -115,7 +127,9 @@ class Plan:
 
 def check_sizes(pool: PoolArrays, cfg: PackingConfig) -> None:
     """Raise DataError for the first sample that cannot fit one row (policy `oversize: error`)."""
-    bad = np.flatnonzero((pool.llm_tokens > cfg.max_llm_tokens) | (pool.vit_patches > cfg.max_vit_patches))
+    bad = np.flatnonzero(
+        (pool.llm_tokens > cfg.max_llm_tokens) | (pool.vit_patches > cfg.max_vit_patches)
+    )
     if bad.size:
         i = int(bad[0])
         key = pool.keys[i] if pool.keys else str(i)
@@ -129,8 +143,13 @@ def check_sizes(pool: PoolArrays, cfg: PackingConfig) -> None:
 
 # ----------------------------------------------------------------------------------------------
 def plan_balanced(
-    pool: PoolArrays, num_ranks: int, cfg: PackingConfig, home: np.ndarray | None = None, *,
-    forced: np.ndarray | None = None, wait_share: float | None = None,
+    pool: PoolArrays,
+    num_ranks: int,
+    cfg: PackingConfig,
+    home: np.ndarray | None = None,
+    *,
+    forced: np.ndarray | None = None,
+    wait_share: float | None = None,
 ) -> Plan:
     """The balanced planner (module docstring).
 
@@ -163,12 +182,15 @@ def plan_balanced(
     # row's target, the window is too small to balance: wait for more samples (all carried).
     rows_per_rank = cfg.rows_per_rank
     if rows_per_rank is None:
-        rows_per_rank = max(1, math.ceil(max(tok.sum() / bl, vit.sum() / bv) / (num_ranks * cfg.target_fill)))
+        rows_per_rank = max(
+            1, math.ceil(max(tok.sum() / bl, vit.sum() / bv) / (num_ranks * cfg.target_fill))
+        )
         largest = cost.max(axis=0)
         dims = (mass > 0) & (largest > 0)
         if dims.any() and wait_share is not None:
-            most = np.floor(mass[dims] * cfg.target_scale * wait_share
-                            / (num_ranks * largest[dims])).min()
+            most = np.floor(
+                mass[dims] * cfg.target_scale * wait_share / (num_ranks * largest[dims])
+            ).min()
             if most < 1:
                 return Plan("balanced", [[] for _ in range(num_ranks)], list(range(n)))
     num_rows = num_ranks * rows_per_rank
@@ -202,8 +224,10 @@ def plan_balanced(
             if home_l is not None:
                 # rows are bound to ranks, so overflow goes to the least-loaded rank that has room
                 # (the home rank on a tie), then to that rank's least-loaded row
-                per_rank = np.repeat((load0 * a0 + load1 * a1).reshape(num_ranks, rows_per_rank).sum(axis=1),
-                                     rows_per_rank)
+                per_rank = np.repeat(
+                    (load0 * a0 + load1 * a1).reshape(num_ranks, rows_per_rank).sum(axis=1),
+                    rows_per_rank,
+                )
                 per_rank[~ok] = np.inf
                 fit = ok & (per_rank <= per_rank.min() * (1 + 1e-12))
                 if (fit & (row_rank == home_l[i])).any():
@@ -225,13 +249,21 @@ def plan_balanced(
     for i in np.flatnonzero(row_of >= 0).tolist():
         rows_idx[row_of[i]].append(i)
     if home is not None:  # rows stay on their ranks; each rank's rows by decreasing cost
-        ranks = [[rows_idx[r] for r in sorted(range(k * rows_per_rank, (k + 1) * rows_per_rank),
-                                                  key=lambda r: (-row_cost[r], r))] for k in range(num_ranks)]
+        ranks = [
+            [
+                rows_idx[r]
+                for r in sorted(
+                    range(k * rows_per_rank, (k + 1) * rows_per_rank),
+                    key=lambda r: (-row_cost[r], r),
+                )
+            ]
+            for k in range(num_ranks)
+        ]
         return Plan("balanced", ranks, np.flatnonzero(row_of < 0).tolist())
     perm = rng.permutation(num_ranks)
     ranks: list[list[list[int]]] = [[] for _ in range(num_ranks)]
     for col in range(rows_per_rank):
-        chunk = by_cost[col * num_ranks:(col + 1) * num_ranks]
+        chunk = by_cost[col * num_ranks : (col + 1) * num_ranks]
         if col % 2:
             chunk = chunk[::-1]
         for k, r in enumerate(chunk.tolist()):
@@ -242,7 +274,9 @@ def plan_balanced(
 
 # ----------------------------------------------------------------------------------------------
 # Live training: whole windows, samples kept near the rank that decoded them
-def plan_closed_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, home: list[int] | None = None) -> Plan:
+def plan_closed_window(
+    pool: PoolArrays, num_ranks: int, cfg: PackingConfig, home: list[int] | None = None
+) -> Plan:
     """Balanced plan of one window that places every sample (nothing carried over).
 
     The live loader plans each window whole, so a checkpoint needs only the stream position at
@@ -259,7 +293,9 @@ def plan_closed_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, hom
     plan = plan_balanced(pool, num_ranks, closed, home_arr)
     while plan.carried_over:
         if plan.rows_per_rank * num_ranks >= len(pool):  # one sample per row always fits
-            raise AssertionError(f"planner could not place {len(plan.carried_over)} samples in {plan.rows_per_rank} rows")
+            raise AssertionError(
+                f"planner could not place {len(plan.carried_over)} samples in {plan.rows_per_rank} rows"
+            )
         closed = replace(closed, rows_per_rank=plan.rows_per_rank + 1)
         plan = plan_balanced(pool, num_ranks, closed, home_arr)
     columns = plan.rows_per_rank
@@ -268,7 +304,9 @@ def plan_closed_window(pool: PoolArrays, num_ranks: int, cfg: PackingConfig, hom
     return Plan(plan.algorithm, [rank[:columns] for rank in plan.ranks], [])
 
 
-def relabel_for_locality(ranks: list[list[list[int]]], home: list[int], weight: list[float]) -> list[list[list[int]]]:
+def relabel_for_locality(
+    ranks: list[list[list[int]]], home: list[int], weight: list[float]
+) -> list[list[list[int]]]:
     """Permute the plan's ranks so the most sample weight stays on the rank that already holds it.
 
     Rank costs are what the planner balanced, and they are unchanged by a permutation, so this
@@ -291,8 +329,9 @@ def relabel_for_locality(ranks: list[list[list[int]]], home: list[int], weight: 
     return out
 
 
-def swap_for_locality(ranks: list[list[list[int]]], home: list[int], pool: PoolArrays,
-                      cfg: PackingConfig) -> list[list[list[int]]]:
+def swap_for_locality(
+    ranks: list[list[list[int]]], home: list[int], pool: PoolArrays, cfg: PackingConfig
+) -> list[list[list[int]]]:
     """Swap pairs of near-equal samples between two ranks so both go back to the rank holding them.
 
     A swap exchanges sample i (planned on rank A, held by B) with sample j (planned on B, held by
@@ -312,8 +351,12 @@ def swap_for_locality(ranks: list[list[list[int]]], home: list[int], pool: PoolA
     allowed = cfg.balance_tolerance
     drift = np.zeros((num_ranks, 2))  # per rank, change of its cost in units of `scale`
     row_of = {i: k for rank in out for k, row in enumerate(rank) for i in row}
-    row_tok = [np.array([int(pool.llm_tokens[row].sum()) for row in rank], np.int64) for rank in out]
-    row_vit = [np.array([int(pool.vit_patches[row].sum()) for row in rank], np.int64) for rank in out]
+    row_tok = [
+        np.array([int(pool.llm_tokens[row].sum()) for row in rank], np.int64) for rank in out
+    ]
+    row_vit = [
+        np.array([int(pool.vit_patches[row].sum()) for row in rank], np.int64) for rank in out
+    ]
     for a in range(num_ranks):
         for b in range(a + 1, num_ranks):
             xs = [i for row in out[a] for i in row if home[i] == b]
@@ -327,11 +370,15 @@ def swap_for_locality(ranks: list[list[list[int]]], home: list[int], pool: PoolA
                 delta = (cost[ys] - cost[i]) / scale  # change of rank a's cost if i <-> j
                 d_tok = pool.llm_tokens[ys] - pool.llm_tokens[i]
                 d_vit = pool.vit_patches[ys] - pool.vit_patches[i]
-                ok = (free & (np.abs(drift[a] + delta) <= allowed).all(axis=1)
-                      & (np.abs(drift[b] - delta) <= allowed).all(axis=1)
-                      & (row_tok[a][ka] + d_tok <= cfg.max_llm_tokens) & (row_vit[a][ka] + d_vit <= cfg.max_vit_patches)
-                      & (row_tok[b][ys_row] - d_tok <= cfg.max_llm_tokens)
-                      & (row_vit[b][ys_row] - d_vit <= cfg.max_vit_patches))
+                ok = (
+                    free
+                    & (np.abs(drift[a] + delta) <= allowed).all(axis=1)
+                    & (np.abs(drift[b] - delta) <= allowed).all(axis=1)
+                    & (row_tok[a][ka] + d_tok <= cfg.max_llm_tokens)
+                    & (row_vit[a][ka] + d_vit <= cfg.max_vit_patches)
+                    & (row_tok[b][ys_row] - d_tok <= cfg.max_llm_tokens)
+                    & (row_vit[b][ys_row] - d_vit <= cfg.max_vit_patches)
+                )
                 if not ok.any():
                     continue
                 n = int(np.where(ok, np.abs(delta).max(axis=1), np.inf).argmin())

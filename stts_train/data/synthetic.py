@@ -38,13 +38,23 @@ class SampleSpec:
 def _special_ids(model_cfg: ModelConfig) -> set[int]:
     t = model_cfg.tokens
     return {
-        t.image_patch_id, t.frame_start_id, t.frame_end_id, t.image_start_id, t.image_end_id,
-        t.low_res_image_start_id, t.image_col_id, t.pad_id, t.eos_id,
+        t.image_patch_id,
+        t.frame_start_id,
+        t.frame_end_id,
+        t.image_start_id,
+        t.image_end_id,
+        t.low_res_image_start_id,
+        t.image_col_id,
+        t.pad_id,
+        t.eos_id,
     }
 
 
 def make_sample(
-    model_cfg: ModelConfig, syn: SyntheticConfig, seed: int, index: int,
+    model_cfg: ModelConfig,
+    syn: SyntheticConfig,
+    seed: int,
+    index: int,
     spec: SampleSpec | None = None,
 ) -> TokenizedSample:
     """One sample; identical for identical (seed, index, spec)."""
@@ -69,8 +79,11 @@ def make_sample(
     G = model_cfg.groups_per_frame
     items, pixels = [], []
     if modality != Modality.TEXT:
-        start, end = (t.frame_start_id, t.frame_end_id) if modality == Modality.VIDEO else (
-            t.image_start_id, t.image_end_id)
+        start, end = (
+            (t.frame_start_id, t.frame_end_id)
+            if modality == Modality.VIDEO
+            else (t.image_start_id, t.image_end_id)
+        )
         for _ in range(frames):
             ids += [start] + [t.image_patch_id] * G + [end]
         shape = (frames, model_cfg.vit.num_patches, model_cfg.vit.patch_dim)
@@ -97,8 +110,14 @@ class SyntheticSource:
     can_reshard = True
 
     def __init__(
-        self, model_cfg: ModelConfig, syn: SyntheticConfig, seed: int, dp_rank: int, dp_size: int,
-        micro_batches_per_step: int, force: dict[int, SampleSpec] | None = None,
+        self,
+        model_cfg: ModelConfig,
+        syn: SyntheticConfig,
+        seed: int,
+        dp_rank: int,
+        dp_size: int,
+        micro_batches_per_step: int,
+        force: dict[int, SampleSpec] | None = None,
     ) -> None:
         self.model_cfg, self.syn, self.seed = model_cfg, syn, seed
         self.dp_rank, self.dp_size = dp_rank, dp_size
@@ -114,8 +133,10 @@ class SyntheticSource:
     def _chunk(self, k: int) -> MicroBatch:
         chunk = self.start + k * self.dp_size + self.dp_rank
         n = self.syn.samples_per_microbatch
-        samples = [make_sample(self.model_cfg, self.syn, self.seed, chunk * n + j, self.force)
-                   for j in range(n)]
+        samples = [
+            make_sample(self.model_cfg, self.syn, self.seed, chunk * n + j, self.force)
+            for j in range(n)
+        ]
         return collate_row(samples, self.model_cfg, validate=False)
 
     def next_microbatches(self, step: int) -> list[MicroBatch]:
@@ -124,8 +145,13 @@ class SyntheticSource:
         return out
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "kind": "synthetic", "start": self.start,
-                "cursor": self.cursor, "dp_size": self.dp_size}
+        return {
+            "version": STATE_VERSION,
+            "kind": "synthetic",
+            "start": self.start,
+            "cursor": self.cursor,
+            "dp_size": self.dp_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION or state.get("kind") != "synthetic":
@@ -137,7 +163,17 @@ class SyntheticSource:
         """Per-rank states for `new_dp_size` ranks continuing exactly after `states`."""
         cursors = {s["cursor"] for s in states}
         if len(cursors) != 1:
-            raise ValueError(f"cannot reshard: data-parallel ranks stand at different cursors {cursors}")
+            raise ValueError(
+                f"cannot reshard: data-parallel ranks stand at different cursors {cursors}"
+            )
         consumed = states[0]["start"] + cursors.pop() * len(states)
-        return [{"version": STATE_VERSION, "kind": "synthetic", "start": consumed, "cursor": 0,
-                 "dp_size": new_dp_size} for _ in range(new_dp_size)]
+        return [
+            {
+                "version": STATE_VERSION,
+                "kind": "synthetic",
+                "start": consumed,
+                "cursor": 0,
+                "dp_size": new_dp_size,
+            }
+            for _ in range(new_dp_size)
+        ]

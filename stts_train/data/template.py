@@ -50,7 +50,9 @@ def format_question(question: str, choices: list[str] | None) -> str:
     return "\n".join(lines) + "\nAnswer with the option's letter."
 
 
-def visual_tokens(cfg: ModelConfig, tokenizer, modality: int, frame_times_s: list[float]) -> list[int]:
+def visual_tokens(
+    cfg: ModelConfig, tokenizer, modality: int, frame_times_s: list[float]
+) -> list[int]:
     tok, groups = cfg.tokens, cfg.groups_per_frame
     ids: list[int] = []
     if modality == Modality.IMAGE:
@@ -61,7 +63,9 @@ def visual_tokens(cfg: ModelConfig, tokenizer, modality: int, frame_times_s: lis
     return ids
 
 
-def tokenize_sample(sample: SampleLike, tokenizer, cfg: ModelConfig, *, with_answer: bool = True) -> TokenizedSample:
+def tokenize_sample(
+    sample: SampleLike, tokenizer, cfg: ModelConfig, *, with_answer: bool = True
+) -> TokenizedSample:
     """Token ids, labels (label[i] = target of position i) and metadata for one decoded sample."""
     im_start, im_end = _special(tokenizer, "<|im_start|>"), _special(tokenizer, "<|im_end|>")
     prompt = [im_start] + _ids(tokenizer, "user\n")
@@ -83,5 +87,7 @@ def tokenize_sample(sample: SampleLike, tokenizer, cfg: ModelConfig, *, with_ans
 def _special(tokenizer, name: str) -> int:
     tid = tokenizer.token_to_id(name)
     if tid is None:
-        raise ValueError(f"tokenizer has no {name} token; use stts_train.models.tokenizer.qwen_tokenizer()")
+        raise ValueError(
+            f"tokenizer has no {name} token; use stts_train.models.tokenizer.qwen_tokenizer()"
+        )
     return int(tid)

@@ -24,10 +24,21 @@ import numpy as np
 
 DIRECTIONS = ("left", "right", "up", "down")
 # One colour per digit class (RGB), far from each other and from typical photo colours.
-PALETTE = np.array([
-    [255, 40, 40], [40, 255, 40], [60, 90, 255], [255, 255, 40], [255, 40, 255],
-    [40, 255, 255], [255, 140, 0], [150, 60, 255], [255, 255, 255], [0, 0, 0],
-], dtype=np.float32)
+PALETTE = np.array(
+    [
+        [255, 40, 40],
+        [40, 255, 40],
+        [60, 90, 255],
+        [255, 255, 40],
+        [255, 40, 255],
+        [40, 255, 255],
+        [255, 140, 0],
+        [150, 60, 255],
+        [255, 255, 255],
+        [0, 0, 0],
+    ],
+    dtype=np.float32,
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,9 @@ def _backgrounds(size: int) -> list[np.ndarray]:
     import skimage.data as skd
     from sklearn.datasets import load_sample_images
 
-    photos = [skd.astronaut(), skd.coffee(), skd.chelsea(), skd.rocket()] + list(load_sample_images().images)
+    photos = [skd.astronaut(), skd.coffee(), skd.chelsea(), skd.rocket()] + list(
+        load_sample_images().images
+    )
     return [p[..., :3].astype(np.uint8) for p in photos if min(p.shape[:2]) >= size]
 
 
@@ -92,7 +105,9 @@ def render_clip(spec: BenchmarkSpec, index: int, backgrounds, digit_images, digi
     digit = int(rng.integers(10))
     candidates = np.flatnonzero(digit_labels == digit)
     # opaque strokes (the 8x8 digits are faint): the digit's colour is the signal to learn
-    mask = np.clip(1.6 * _resize_mask(digit_images[rng.choice(candidates)], spec.digit_size), 0, 1)[..., None]
+    mask = np.clip(1.6 * _resize_mask(digit_images[rng.choice(candidates)], spec.digit_size), 0, 1)[
+        ..., None
+    ]
     direction = DIRECTIONS[int(rng.integers(4))]
     t = spec.source_frames
     visible = max(int(round(t * rng.uniform(0.6, 1.0))), 4)
@@ -104,10 +119,18 @@ def render_clip(spec: BenchmarkSpec, index: int, backgrounds, digit_images, digi
         if t_on <= f < t_on + visible:
             x, y = (int(round(v)) for v in path[f - t_on])
             region = frame[y : y + spec.digit_size, x : x + spec.digit_size]
-            frame[y : y + spec.digit_size, x : x + spec.digit_size] = region * (1 - mask) + PALETTE[digit] * mask
+            frame[y : y + spec.digit_size, x : x + spec.digit_size] = (
+                region * (1 - mask) + PALETTE[digit] * mask
+            )
             boxes.append([f, x, y, x + spec.digit_size, y + spec.digit_size])
         frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return np.stack(frames), {"digit": digit, "direction": direction, "boxes": boxes, "t_on": t_on, "visible": visible}
+    return np.stack(frames), {
+        "digit": digit,
+        "direction": direction,
+        "boxes": boxes,
+        "t_on": t_on,
+        "visible": visible,
+    }
 
 
 def encode_h264(frames: np.ndarray, fps: float, out: Path) -> None:
@@ -116,9 +139,31 @@ def encode_h264(frames: np.ndarray, fps: float, out: Path) -> None:
         raise RuntimeError("ffmpeg is not installed; run cluster/setup.sh (apt-get install ffmpeg)")
     t, h, w, _ = frames.shape
     cmd = [
-        "ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-        "-r", f"{fps}", "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", "16",
-        "-pix_fmt", "yuv420p", "-g", str(t), str(out),
+        "ffmpeg",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        f"{fps}",
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "16",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        str(t),
+        str(out),
     ]
     subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
 
@@ -129,10 +174,18 @@ def questions_for(truth: dict, rng: np.random.Generator) -> list[dict]:
     choices = sorted([digit, *rng.choice(others, 3, replace=False).tolist()])
     base = {"boxes": truth["boxes"], "digit": digit, "direction": direction}
     return [
-        {"question": "Which digit moves across the video?", "choices": [str(c) for c in choices],
-         "answer": str(digit), "evidence": {**base, "qtype": "which"}},
-        {"question": "Which way does the digit move?", "choices": list(DIRECTIONS),
-         "answer": direction, "evidence": {**base, "qtype": "direction"}},
+        {
+            "question": "Which digit moves across the video?",
+            "choices": [str(c) for c in choices],
+            "answer": str(digit),
+            "evidence": {**base, "qtype": "which"},
+        },
+        {
+            "question": "Which way does the digit move?",
+            "choices": list(DIRECTIONS),
+            "answer": direction,
+            "evidence": {**base, "qtype": "direction"},
+        },
     ]
 
 
@@ -159,8 +212,14 @@ def _worker_assets(size: int) -> tuple:
     return _ASSETS[size]
 
 
-def generate(out_dir: str | Path, spec: BenchmarkSpec = BenchmarkSpec(), *, eval_fraction: float = 0.2,
-             progress: bool = True, workers: int | None = None) -> dict:
+def generate(
+    out_dir: str | Path,
+    spec: BenchmarkSpec = BenchmarkSpec(),
+    *,
+    eval_fraction: float = 0.2,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Write `train/` and `eval/` source folders (clips + annotations.jsonl) under `out_dir`.
 
     Clips are rendered and encoded in `workers` processes (default: every core); the output is
@@ -174,12 +233,19 @@ def generate(out_dir: str | Path, spec: BenchmarkSpec = BenchmarkSpec(), *, eval
     num_eval = max(1, int(round(spec.num_clips * eval_fraction)))
     for split in ("train", "eval"):
         (out_dir / split / "clips").mkdir(parents=True, exist_ok=True)
-    jobs = [(spec, i, str(out_dir), "eval" if i < num_eval else "train") for i in range(spec.num_clips)]
+    jobs = [
+        (spec, i, str(out_dir), "eval" if i < num_eval else "train") for i in range(spec.num_clips)
+    ]
     results: dict[int, tuple[str, list[dict]]] = {}
     workers = workers or os.cpu_count() or 1
     with mp.get_context("spawn").Pool(workers) as pool:
-        for index, split, rows in tqdm(pool.imap_unordered(_render_and_encode, jobs, chunksize=4),
-                                       total=len(jobs), desc="generate clips", unit="clip", disable=not progress):
+        for index, split, rows in tqdm(
+            pool.imap_unordered(_render_and_encode, jobs, chunksize=4),
+            total=len(jobs),
+            desc="generate clips",
+            unit="clip",
+            disable=not progress,
+        ):
             results[index] = (split, rows)
     counts = {"train": 0, "eval": 0}
     for split in ("train", "eval"):
@@ -189,7 +255,10 @@ def generate(out_dir: str | Path, spec: BenchmarkSpec = BenchmarkSpec(), *, eval
                     for row in results[index][1]:
                         f.write(json.dumps(row) + "\n")
                         counts[split] += 1
-    info = {"spec": {**spec.__dict__, "question_types": list(spec.question_types)}, "questions": counts,
-            "frame_size": spec.size}
+    info = {
+        "spec": {**spec.__dict__, "question_types": list(spec.question_types)},
+        "questions": counts,
+        "frame_size": spec.size,
+    }
     (out_dir / "benchmark.json").write_text(json.dumps(info, indent=1))
     return info

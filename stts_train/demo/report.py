@@ -42,7 +42,14 @@ def plot_losses(runs: dict[str, list[dict]], out: Path, resume_step: int | None 
     if resume_step is not None:
         for ax in axes:
             ax.axvline(resume_step, color="grey", ls="--", lw=1)
-        axes[0].text(resume_step, axes[0].get_ylim()[1], " SIGKILL + resume", va="top", fontsize=8, color="grey")
+        axes[0].text(
+            resume_step,
+            axes[0].get_ylim()[1],
+            " SIGKILL + resume",
+            va="top",
+            fontsize=8,
+            color="grey",
+        )
     axes[0].set_title("training loss (CE + aux)")
     axes[1].set_title("STTS temporal auxiliary loss")
     for ax in axes:
@@ -60,12 +67,21 @@ def plot_speed(rows: list[dict], out: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for mode in sorted({r["mode"] for r in rows}):
-        pts = sorted((r["frames"], r["speedup_measured"], r["speedup_predicted"]) for r in rows
-                     if r["mode"] == mode and r["keep_ratio"] < 1.0)
+        pts = sorted(
+            (r["frames"], r["speedup_measured"], r["speedup_predicted"])
+            for r in rows
+            if r["mode"] == mode and r["keep_ratio"] < 1.0
+        )
         if not pts:
             continue
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{mode} measured")[0]
-        ax.plot([p[0] for p in pts], [p[2] for p in pts], "x--", color=line.get_color(), label=f"{mode} FLOP-predicted")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[2] for p in pts],
+            "x--",
+            color=line.get_color(),
+            label=f"{mode} FLOP-predicted",
+        )
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("frames per video")
@@ -78,7 +94,9 @@ def plot_speed(rows: list[dict], out: Path) -> Path:
     return out
 
 
-def overlay_frames(frames_FHW3: np.ndarray, keep_FG: np.ndarray, out: Path, title: str = "") -> Path:
+def overlay_frames(
+    frames_FHW3: np.ndarray, keep_FG: np.ndarray, out: Path, title: str = ""
+) -> Path:
     """Frames side by side; pruned 3x3 groups dimmed and outlined, kept ones untouched."""
     plt = _plt()
     num_frames, height, width, _ = frames_FHW3.shape
@@ -123,9 +141,13 @@ def write_markdown(out: Path, facts: dict) -> Path:
         "",
     ]
     all_types = sorted({k for row in e for k in row["accuracy_per_type"]})
-    types = all_types if len(all_types) > 1 else []  # one question type: the accuracy column says it all
+    types = (
+        all_types if len(all_types) > 1 else []
+    )  # one question type: the accuracy column says it all
     lines += [
-        "| model | pruner | keep | accuracy | " + "".join(f"{t} | " for t in types) + "evidence recall | visual tokens kept |",
+        "| model | pruner | keep | accuracy | "
+        + "".join(f"{t} | " for t in types)
+        + "evidence recall | visual tokens kept |",
         "|---|---|---|---|" + "---|" * len(types) + "---|---|",
     ]
     for row in e:
@@ -164,11 +186,23 @@ def write_markdown(out: Path, facts: dict) -> Path:
     ]
     for r in facts["speed"]:
         if r["keep_ratio"] < 1.0:
-            lines.append(f"| {r['frames']} | {r['mode']} | {1000 * r['base_seconds']:.1f} | {1000 * r['seconds_median']:.1f} | "
-                         f"{r['speedup_measured']:.2f}x | {r['speedup_predicted']:.2f}x |")
-    lines += ["", "![speed vs frames](speed_vs_frames.png)", "", "## Kept tokens (STTS, eval clips; dimmed = pruned)", ""]
+            lines.append(
+                f"| {r['frames']} | {r['mode']} | {1000 * r['base_seconds']:.1f} | {1000 * r['seconds_median']:.1f} | "
+                f"{r['speedup_measured']:.2f}x | {r['speedup_predicted']:.2f}x |"
+            )
+    lines += [
+        "",
+        "![speed vs frames](speed_vs_frames.png)",
+        "",
+        "## Kept tokens (STTS, eval clips; dimmed = pruned)",
+        "",
+    ]
     for img in facts["overlays"]:
         lines.append(f"![{img}]({img})")
-    lines += ["", "Every number above was measured in this run; see `demo.json` for the raw values.", ""]
+    lines += [
+        "",
+        "Every number above was measured in this run; see `demo.json` for the raw values.",
+        "",
+    ]
     out.write_text("\n".join(lines))
     return out

@@ -39,11 +39,24 @@ class DemoPlan:
     @staticmethod
     def make(quick: bool) -> DemoPlan:
         if quick:
-            return DemoPlan(num_clips=48, base_steps=8, steps=12, checkpoint_every=4, eval_questions=16,
-                            speed_frames=(16,), training_free=("visionzip", "random"))
-        return DemoPlan(num_clips=1200, base_steps=300, steps=150, checkpoint_every=25, eval_questions=None,
-                        speed_frames=(16, 32, 64), training_free=("visionzip", "fastvid", "holitom", "random"))
-
+            return DemoPlan(
+                num_clips=48,
+                base_steps=8,
+                steps=12,
+                checkpoint_every=4,
+                eval_questions=16,
+                speed_frames=(16,),
+                training_free=("visionzip", "random"),
+            )
+        return DemoPlan(
+            num_clips=1200,
+            base_steps=300,
+            steps=150,
+            checkpoint_every=25,
+            eval_questions=None,
+            speed_frames=(16, 32, 64),
+            training_free=("visionzip", "fastvid", "holitom", "random"),
+        )
 
 
 def log(msg: str) -> None:
@@ -71,7 +84,9 @@ def latest_checkpoint_step(run_dir: Path) -> int:
     return int(latest.read_text().strip().rsplit("-", 1)[-1])
 
 
-def run_and_kill(cmd: list[str], run_dir: Path, kill_after_step: int, timeout_s: float) -> tuple[int, int]:
+def run_and_kill(
+    cmd: list[str], run_dir: Path, kill_after_step: int, timeout_s: float
+) -> tuple[int, int]:
     """Start training, SIGKILL every rank once a checkpoint exists and 2 more steps are logged.
 
     Returns (checkpoint step it will resume from, last step the killed run logged)."""
@@ -90,7 +105,9 @@ def run_and_kill(cmd: list[str], run_dir: Path, kill_after_step: int, timeout_s:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    raise RuntimeError(f"training {run_dir} ended (rc={proc.returncode}) before the planned kill at step {kill_after_step}")
+    raise RuntimeError(
+        f"training {run_dir} ended (rc={proc.returncode}) before the planned kill at step {kill_after_step}"
+    )
 
 
 def step_losses(rows: list[dict]) -> dict[int, float]:
@@ -141,43 +158,80 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
         runs = out / "runs"
         base_dir, stts_dir, cont_dir = runs / "base", runs / "stts", runs / "unpruned"
         log(f"3/7 training the unpruned base model from scratch ({plan.base_steps} steps)")
-        subprocess.run(train_command(config, base_dir, data + [
-            "model.stts.pruner=none", f"train.num_steps={plan.base_steps}", f"checkpoint.every={plan.base_steps}"]),
-            check=True)
+        subprocess.run(
+            train_command(
+                config,
+                base_dir,
+                data
+                + [
+                    "model.stts.pruner=none",
+                    f"train.num_steps={plan.base_steps}",
+                    f"checkpoint.every={plan.base_steps}",
+                ],
+            ),
+            check=True,
+        )
         base_hf = runs / "base_hf"
         subprocess.run(cli("export", str(base_dir), str(base_hf)), check=True)
-        arm = data + [f"model.hf_checkpoint={base_hf}", f"train.num_steps={plan.steps}",
-                      f"checkpoint.every={plan.checkpoint_every}"]
+        arm = data + [
+            f"model.hf_checkpoint={base_hf}",
+            f"train.num_steps={plan.steps}",
+            f"checkpoint.every={plan.checkpoint_every}",
+        ]
         kill_at = plan.steps // 2
-        log(f"4/7 fine-tuning with STTS (keep 0.5) from the base; SIGKILL after the checkpoint at step >= {kill_at}")
+        log(
+            f"4/7 fine-tuning with STTS (keep 0.5) from the base; SIGKILL after the checkpoint at step >= {kill_at}"
+        )
         cmd = train_command(config, stts_dir, arm)
         resumed_from, killed_after = run_and_kill(cmd, stts_dir, kill_at, timeout_s=1800)
         before = step_losses(read_jsonl(stts_dir / "metrics.jsonl"))
         keys_before = {r["step"]: r["keys"] for r in read_jsonl(stts_dir / "samples.jsonl")}
         log(f"killed after step {killed_after}; resuming from checkpoint step {resumed_from}")
         subprocess.run(cmd, check=True)
-        after = step_losses([r for r in read_jsonl(stts_dir / "metrics.jsonl") if r.get("step", 0) > resumed_from])
-        keys_after = {r["step"]: r["keys"] for r in read_jsonl(stts_dir / "samples.jsonl")}  # resumed run last
+        after = step_losses(
+            [r for r in read_jsonl(stts_dir / "metrics.jsonl") if r.get("step", 0) > resumed_from]
+        )
+        keys_after = {
+            r["step"]: r["keys"] for r in read_jsonl(stts_dir / "samples.jsonl")
+        }  # resumed run last
         replayed = list(range(resumed_from + 1, killed_after + 1))
         replay_exact = bool(replayed) and all(before.get(s) == after.get(s) for s in replayed)
         replay_keys = all(keys_before.get(s) == keys_after.get(s) for s in replayed)
 
         log(f"5/7 continuing the unpruned model from the base for the same {plan.steps} steps")
-        subprocess.run(train_command(config, cont_dir, arm + ["model.stts.pruner=none"]), check=True)
+        subprocess.run(
+            train_command(config, cont_dir, arm + ["model.stts.pruner=none"]), check=True
+        )
 
         log("6/7 evaluating")
         evals = evaluate_all(config, store, stts_dir, cont_dir, plan, model_overrides)
         log("   measuring speed against frame count")
         speed = speed_sweep(REPO_CONFIGS / "bench_cpu.yaml", plan.speed_frames)
         log("7/7 writing the report")
-        return write_report(out, bench_info, plan, stts_dir, cont_dir, evals, speed, resumed_from, killed_after,
-                            replay_exact, replay_keys, store, started, model_overrides)
+        return write_report(
+            out,
+            bench_info,
+            plan,
+            stts_dir,
+            cont_dir,
+            evals,
+            speed,
+            resumed_from,
+            killed_after,
+            replay_exact,
+            replay_keys,
+            store,
+            started,
+            model_overrides,
+        )
     finally:
         if server is not None:
             server.stop()
 
 
-def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan: DemoPlan, overrides: list[str]):
+def evaluate_all(
+    config: Path, store: str, stts_dir: Path, base_dir: Path, plan: DemoPlan, overrides: list[str]
+):
     from stts_train.config import load_config
     from stts_train.eval.evaluator import Evaluator, load_trained_model
     from stts_train.eval.run import evaluate_samples
@@ -188,18 +242,30 @@ def evaluate_all(config: Path, store: str, stts_dir: Path, base_dir: Path, plan:
     results, overlays = [], {}
     models = {}
     for label, run_dir, pruner, keep in settings:
-        job = load_config(config, [f"data.eval_path={store}/eval", *overrides] + (["model.stts.pruner=none"] if label == "unpruned" else []))
+        job = load_config(
+            config,
+            [f"data.eval_path={store}/eval", *overrides]
+            + (["model.stts.pruner=none"] if label == "unpruned" else []),
+        )
         if run_dir not in models:
             models[run_dir] = load_trained_model(str(run_dir), job.model)
         ev = Evaluator(models[run_dir], load_tokenizer(job.model), pruner=pruner, keep_ratio=keep)
         samples = []
-        for sample in evaluate_samples(ev, job, job.data.eval_path, max_questions=plan.eval_questions):
-            if label == "STTS" and len(samples) < 3 and (sample.evidence or {}).get("qtype") == "which":
+        for sample in evaluate_samples(
+            ev, job, job.data.eval_path, max_questions=plan.eval_questions
+        ):
+            if (
+                label == "STTS"
+                and len(samples) < 3
+                and (sample.evidence or {}).get("qtype") == "which"
+            ):
                 samples.append(sample)
         summary = {"model": label, "pruner": pruner, "keep_ratio": keep, **ev.result.summary()}
         results.append(summary)
-        log(f"  {label:9s} {pruner:10s} keep {keep}: accuracy {summary['accuracy']:.3f}, evidence recall "
-            f"{summary['evidence_recall'] if summary['evidence_recall'] is None else round(summary['evidence_recall'], 3)}")
+        log(
+            f"  {label:9s} {pruner:10s} keep {keep}: accuracy {summary['accuracy']:.3f}, evidence recall "
+            f"{summary['evidence_recall'] if summary['evidence_recall'] is None else round(summary['evidence_recall'], 3)}"
+        )
         if label == "STTS":
             overlays = {s.key: (s, ev.result.kept_masks[s.key]) for s in samples}
     return {"results": results, "overlay_samples": overlays}
@@ -222,7 +288,9 @@ def demo_vocabulary(out: Path, spec) -> list[str]:
     base_ids, vocab_size = build_subset(texts)
     path = out / "vocabulary.json"
     path.write_text(json.dumps({"base_ids": base_ids, "vocab_size": vocab_size}))
-    log(f"vocabulary subset: {vocab_size} Qwen tokens + {len(base_ids) - vocab_size} Molmo2 tokens -> {path}")
+    log(
+        f"vocabulary subset: {vocab_size} Qwen tokens + {len(base_ids) - vocab_size} Molmo2 tokens -> {path}"
+    )
     return subset_overrides(str(path), base_ids, vocab_size)
 
 
@@ -233,9 +301,20 @@ def speed_sweep(config: Path, frames: tuple[int, ...]) -> list[dict]:
 
     from stts_train.bench.step import run_bench
 
-    args = argparse.Namespace(config=str(config), frames=",".join(map(str, frames)), keep="1.0,0.5",
-                              mode="train,prefill", text_tokens=32, samples=2, repeats=3, warmup=1,
-                              device="cpu", dtype="fp32", pruner_overhead=False, set=[])
+    args = argparse.Namespace(
+        config=str(config),
+        frames=",".join(map(str, frames)),
+        keep="1.0,0.5",
+        mode="train,prefill",
+        text_tokens=32,
+        samples=2,
+        repeats=3,
+        warmup=1,
+        device="cpu",
+        dtype="fp32",
+        pruner_overhead=False,
+        set=[],
+    )
     rows = run_bench(args)["results"]
     base = {(r["frames"], r["mode"]): r["seconds_median"] for r in rows if r["keep_ratio"] == 1.0}
     for r in rows:
@@ -243,8 +322,22 @@ def speed_sweep(config: Path, frames: tuple[int, ...]) -> list[dict]:
     return rows
 
 
-def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resumed_from, killed_after,
-                 replay_exact, replay_keys, store, started, model_overrides) -> Path:
+def write_report(
+    out,
+    bench_info,
+    plan,
+    stts_dir,
+    base_dir,
+    evals,
+    speed,
+    resumed_from,
+    killed_after,
+    replay_exact,
+    replay_keys,
+    store,
+    started,
+    model_overrides,
+) -> Path:
     import numpy as np
 
     from stts_train.config import load_config
@@ -255,7 +348,9 @@ def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resume
     base_rows = [r for r in read_jsonl(base_dir / "metrics.jsonl") if "train/loss" in r]
     # the resumed run re-logs the replayed steps; keep the latest entry per step
     stts_curve = list({r["step"]: r for r in stts_rows}.values())
-    report.plot_losses({"STTS keep 0.5": stts_curve, "unpruned": base_rows}, out / "loss_curves.png", resumed_from)
+    report.plot_losses(
+        {"STTS keep 0.5": stts_curve, "unpruned": base_rows}, out / "loss_curves.png", resumed_from
+    )
     report.plot_speed(speed, out / "speed_vs_frames.png")
     overlay_files = []
     for i, (key, (sample, keep)) in enumerate(evals["overlay_samples"].items()):
@@ -265,11 +360,20 @@ def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resume
             keep_np = keep.numpy().astype(bool)
             from stts_train.eval.evaluator import evidence_groups, source_frame_indices
 
-            evidence = evidence_groups(job.model, sample.evidence, source_frame_indices(sample), frames.shape[1:3])
-            recall = "n/a" if evidence is None or not evidence.any() else \
-                f"{int((evidence.numpy() & keep_np).sum())}/{int(evidence.sum())}"
-            report.overlay_frames(frames, keep_np, out / name,
-                                  title=f"{key} (answer {sample.answer}): digit groups kept {recall}; dimmed = pruned")
+            evidence = evidence_groups(
+                job.model, sample.evidence, source_frame_indices(sample), frames.shape[1:3]
+            )
+            recall = (
+                "n/a"
+                if evidence is None or not evidence.any()
+                else f"{int((evidence.numpy() & keep_np).sum())}/{int(evidence.sum())}"
+            )
+            report.overlay_frames(
+                frames,
+                keep_np,
+                out / name,
+                title=f"{key} (answer {sample.answer}): digit groups kept {recall}; dimmed = pruned",
+            )
             overlay_files.append(name)
     stts_t, base_t = median_step_time(stts_curve), median_step_time(base_rows)
     facts = {
@@ -278,17 +382,26 @@ def write_report(out, bench_info, plan, stts_dir, base_dir, evals, speed, resume
         "benchmark": bench_info,
         "eval": evals["results"],
         "training": {
-            "steps": plan.steps, "base_steps": plan.base_steps, "ranks": job.parallel.num_ranks, "zero": job.parallel.zero_stage, "store": store,
-            "stts_step_s": stts_t, "unpruned_step_s": base_t,
+            "steps": plan.steps,
+            "base_steps": plan.base_steps,
+            "ranks": job.parallel.num_ranks,
+            "zero": job.parallel.zero_stage,
+            "store": store,
+            "stts_step_s": stts_t,
+            "unpruned_step_s": base_t,
             "speedup": (base_t / stts_t) if stts_t and base_t else None,
-            "killed_after": killed_after, "resumed_from": resumed_from,
-            "replayed_steps": max(0, killed_after - resumed_from), "replay_exact": replay_exact,
+            "killed_after": killed_after,
+            "resumed_from": resumed_from,
+            "replayed_steps": max(0, killed_after - resumed_from),
+            "replay_exact": replay_exact,
             "replay_keys_equal": replay_keys,
         },
         "speed": speed,
         "overlays": overlay_files,
     }
-    (out / "demo.json").write_text(json.dumps(facts, indent=1, default=lambda o: np.asarray(o).tolist()))
+    (out / "demo.json").write_text(
+        json.dumps(facts, indent=1, default=lambda o: np.asarray(o).tolist())
+    )
     path = report.write_markdown(out / "report.md", facts)
     log(f"report: {path}")
     return path
@@ -302,6 +415,10 @@ def _raw_frames(sample, job):
     pixels = sample.pixels_FNC.numpy()
     num_frames = pixels.shape[0]
     g, p = v.grid_size, v.patch_size
-    x = pixels.reshape(num_frames, g, g, p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(num_frames, g * p, g * p, 3)
+    x = (
+        pixels.reshape(num_frames, g, g, p, p, 3)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(num_frames, g * p, g * p, 3)
+    )
     x = x * np.array(v.image_std) + np.array(v.image_mean)
     return np.clip(x * 255.0, 0, 255).astype(np.uint8)

@@ -28,14 +28,16 @@ class LocalS3:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
 
-    def __enter__(self) -> "LocalS3":
+    def __enter__(self) -> LocalS3:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def start_local_s3(bucket: str | None = None, timeout_s: float = 30.0, log_path: str | None = None) -> LocalS3:
+def start_local_s3(
+    bucket: str | None = None, timeout_s: float = 30.0, log_path: str | None = None
+) -> LocalS3:
     """Start moto_server on a free port (optionally creating `bucket`); dummy AWS credentials are
     set in this process's environment if none are, accepted only by this local server."""
     port = free_port()
@@ -43,7 +45,10 @@ def start_local_s3(bucket: str | None = None, timeout_s: float = 30.0, log_path:
     cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
-        [*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [*cmd, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     endpoint = f"http://127.0.0.1:{port}"
     server = LocalS3(endpoint, process)
@@ -58,7 +63,9 @@ def start_local_s3(bucket: str | None = None, timeout_s: float = 30.0, log_path:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"moto_server did not start on {endpoint}; is moto[server] installed?")
+                raise RuntimeError(
+                    f"moto_server did not start on {endpoint}; is moto[server] installed?"
+                )
             time.sleep(0.2)
     if bucket:
         import boto3

@@ -43,7 +43,9 @@ class EvalResult:
             "questions": self.num_questions,
             "accuracy": self.correct / max(self.num_questions, 1),
             "accuracy_per_type": {k: c / max(n, 1) for k, (c, n) in self.per_type.items()},
-            "evidence_recall": self.evidence_kept / self.evidence_total if self.evidence_total else None,
+            "evidence_recall": self.evidence_kept / self.evidence_total
+            if self.evidence_total
+            else None,
             "visual_tokens_kept_ratio": self.visual_kept / max(self.visual_in, 1),
             "visual_tokens_per_question": self.visual_kept / max(self.num_questions, 1),
             "prefill_ms_per_question": 1000 * self.prefill_seconds / max(self.num_questions, 1),
@@ -64,7 +66,9 @@ def single_batch(sample: TokenizedSample) -> MicroBatch:
     )
 
 
-def evidence_groups(cfg: ModelConfig, evidence: dict | None, frame_indices: list[int], frame_size: tuple[int, int]):
+def evidence_groups(
+    cfg: ModelConfig, evidence: dict | None, frame_indices: list[int], frame_size: tuple[int, int]
+):
     """(F, G) bool: groups of the sampled frames covered by the evidence boxes (None if none)."""
     if not evidence or not evidence.get("boxes"):
         return None
@@ -95,8 +99,16 @@ def source_frame_indices(sample) -> list[int]:
 class Evaluator:
     """Runs one model under one pruning setting over decoded samples."""
 
-    def __init__(self, model: Molmo2VLM, tokenizer, *, pruner: str = "stts", keep_ratio: float = 1.0,
-                 attention_layer: int = -1, pruner_params: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: Molmo2VLM,
+        tokenizer,
+        *,
+        pruner: str = "stts",
+        keep_ratio: float = 1.0,
+        attention_layer: int = -1,
+        pruner_params: dict | None = None,
+    ) -> None:
         self.model = model.eval()
         self.cfg = model.cfg
         self.tokenizer = tokenizer
@@ -116,8 +128,14 @@ class Evaluator:
             if self.pruner is not None:
                 from stts_train.models.pruned_inference import forward_with_pruner
 
-                return forward_with_pruner(self.model, batch, self.pruner, keep_ratio=self.keep_ratio,
-                                           attention_layer=self.attention_layer, return_logits=False)
+                return forward_with_pruner(
+                    self.model,
+                    batch,
+                    self.pruner,
+                    keep_ratio=self.keep_ratio,
+                    attention_layer=self.attention_layer,
+                    return_logits=False,
+                )
             keep = 1.0 if self.pruner_name == "none" else self.keep_ratio
             return self.model(batch, keep_ratio=keep)
 
@@ -149,7 +167,9 @@ class Evaluator:
         kept = out.kept_mask_FG if out.kept_mask_FG is not None else out.keep_group_FG
         if kept is not None:
             r.kept_masks[sample.key] = kept.cpu()
-            evidence = evidence_groups(self.cfg, sample.evidence, source_frame_indices(sample), _frame_size(sample))
+            evidence = evidence_groups(
+                self.cfg, sample.evidence, source_frame_indices(sample), _frame_size(sample)
+            )
             if evidence is not None and evidence.shape == kept.shape:
                 r.evidence_total += int(evidence.sum())
                 r.evidence_kept += int((evidence & kept.cpu()).sum())
@@ -195,7 +215,11 @@ def load_trained_model(checkpoint: str, model_cfg: ModelConfig) -> Molmo2VLM:
     from stts_train.checkpoint.hf import load_hf, load_into
 
     path = Path(checkpoint)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
+    if (
+        (path / "config.json").is_file()
+        and (path / "model.safetensors").is_file()
+        or (path / "model.safetensors.index.json").is_file()
+    ):
         cfg, state = load_hf(path, model_cfg)
     else:
         state = consolidate_path(checkpoint)[0]

@@ -12,8 +12,13 @@ from stts_train.eval.evaluator import Evaluator, load_trained_model
 
 
 def evaluate_samples(
-    evaluator: Evaluator, job: JobConfig, data_path: str | None, *, frames: int | None = None,
-    max_questions: int | None = None, progress: str | None = None,
+    evaluator: Evaluator,
+    job: JobConfig,
+    data_path: str | None,
+    *,
+    frames: int | None = None,
+    max_questions: int | None = None,
+    progress: str | None = None,
 ) -> Iterator[Any]:
     """Feed one in-order pass over `data_path` to `evaluator`, yielding each sample once scored.
 
@@ -37,9 +42,16 @@ def evaluate_samples(
 
 
 def evaluate_checkpoint(
-    job: JobConfig, checkpoint: str, *, data_path: str | None = None, pruner: str = "stts",
-    keep_ratio: float | None = None, frames: int | None = None, attention_layer: int = -1,
-    max_questions: int | None = None, progress: bool = True,
+    job: JobConfig,
+    checkpoint: str,
+    *,
+    data_path: str | None = None,
+    pruner: str = "stts",
+    keep_ratio: float | None = None,
+    frames: int | None = None,
+    attention_layer: int = -1,
+    max_questions: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Accuracy, evidence recall and efficiency of `checkpoint` (run dir, checkpoint dir or HF
     Molmo2 dir) on `data_path` (default data.eval_path, else data.path).
@@ -57,11 +69,22 @@ def evaluate_checkpoint(
         )
     model = load_trained_model(checkpoint, job.model)
     data_path = data_path or job.data.eval_path or job.data.path
-    evaluator = Evaluator(model, load_tokenizer(job.model), pruner=pruner, keep_ratio=keep,
-                          attention_layer=attention_layer)
+    evaluator = Evaluator(
+        model,
+        load_tokenizer(job.model),
+        pruner=pruner,
+        keep_ratio=keep,
+        attention_layer=attention_layer,
+    )
     label = f"eval {pruner}@{keep}" if progress else None
-    for _ in evaluate_samples(evaluator, job, data_path, frames=frames,
-                              max_questions=max_questions, progress=label):
+    for _ in evaluate_samples(
+        evaluator, job, data_path, frames=frames, max_questions=max_questions, progress=label
+    ):
         pass
-    return {"pruner": pruner, "keep_ratio": keep, "frames": frames or job.data.max_frames,
-            "data": data_path, **evaluator.result.summary()}
+    return {
+        "pruner": pruner,
+        "keep_ratio": keep,
+        "frames": frames or job.data.max_frames,
+        "data": data_path,
+        **evaluator.result.summary(),
+    }

@@ -18,9 +18,13 @@ from stts_train.models.common.layers import LayerFactory, shard_size
 class GroupPoolingAttention(nn.Module):
     """Cross-attention from each group's mean (query) to its patches (keys/values)."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_heads: int, head_dim: int, factory: LayerFactory) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, num_heads: int, head_dim: int, factory: LayerFactory
+    ) -> None:
         super().__init__()
-        self.local_heads = shard_size(num_heads, factory.tp_size, "model.connector.pooling_num_heads")
+        self.local_heads = shard_size(
+            num_heads, factory.tp_size, "model.connector.pooling_num_heads"
+        )
         self.head_dim = head_dim
         self.q_proj = factory.column(in_dim, num_heads * head_dim, bias=True)
         self.k_proj = factory.column(in_dim, num_heads * head_dim, bias=True)
@@ -31,8 +35,16 @@ class GroupPoolingAttention(nn.Module):
         x_count, num_patches, _ = patches_XPD.shape
         query_X1D = patches_XPD.mean(dim=1, keepdim=True)
         q = self.q_proj(query_X1D).view(x_count, 1, self.local_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(patches_XPD).view(x_count, num_patches, self.local_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(patches_XPD).view(x_count, num_patches, self.local_heads, self.head_dim).transpose(1, 2)
+        k = (
+            self.k_proj(patches_XPD)
+            .view(x_count, num_patches, self.local_heads, self.head_dim)
+            .transpose(1, 2)
+        )
+        v = (
+            self.v_proj(patches_XPD)
+            .view(x_count, num_patches, self.local_heads, self.head_dim)
+            .transpose(1, 2)
+        )
         out_XH1D = F.scaled_dot_product_attention(q, k, v)
         return self.o_proj(out_XH1D.reshape(x_count, self.local_heads * self.head_dim))
 
@@ -53,8 +65,12 @@ class Connector(nn.Module):
         super().__init__()
         v, c = cfg.vit, cfg.connector
         in_dim = v.hidden_size * len(v.feature_layers)
-        self.image_pooling_2d = GroupPoolingAttention(in_dim, v.hidden_size, c.pooling_num_heads, c.pooling_head_dim, factory)
-        self.image_projector = Projector(v.hidden_size, c.intermediate_size, cfg.llm.hidden_size, factory)
+        self.image_pooling_2d = GroupPoolingAttention(
+            in_dim, v.hidden_size, c.pooling_num_heads, c.pooling_head_dim, factory
+        )
+        self.image_projector = Projector(
+            v.hidden_size, c.intermediate_size, cfg.llm.hidden_size, factory
+        )
 
     def forward(self, features_KD: torch.Tensor, group_patches_XP: torch.Tensor) -> torch.Tensor:
         """Pool each kept group (rows of `group_patches_XP` index `features_KD`) -> (X, E)."""

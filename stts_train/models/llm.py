@@ -19,7 +19,10 @@ from stts_train.models.common.layers import LayerFactory, RMSNorm, shard_size
 
 def rope_cos_sin(positions_S: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos/sin tables (S, Dh) for 1-D RoPE, computed in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions_S.device) / head_dim))
+    inv_freq = 1.0 / (
+        theta
+        ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions_S.device) / head_dim)
+    )
     freqs_SX = positions_S.float()[:, None] * inv_freq[None, :]
     emb_SD = torch.cat([freqs_SX, freqs_SX], dim=-1)
     return emb_SD.cos().to(dtype), emb_SD.sin().to(dtype)
@@ -53,7 +56,14 @@ class LlmAttention(nn.Module):
         v = self.v_proj(x_SE).view(num_tokens, self.local_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos_SD, sin_SD), apply_rope(k, cos_SD, sin_SD)
         out_SHD = packed_attention(
-            q, k, v, cu_seqlens, causal=True, bidirectional_S=bidirectional_S, backend=self.backend, lengths=lengths
+            q,
+            k,
+            v,
+            cu_seqlens,
+            causal=True,
+            bidirectional_S=bidirectional_S,
+            backend=self.backend,
+            lengths=lengths,
         )
         return self.o_proj(out_SHD.reshape(num_tokens, -1))
 
@@ -79,7 +89,9 @@ class LlmBlock(nn.Module):
         self.mlp = LlmMLP(m.hidden_size, m.intermediate_size, factory)
 
     def forward(self, x_SE, cos_SD, sin_SD, cu_seqlens, lengths, bidirectional_S):
-        x_SE = x_SE + self.self_attn(self.input_layernorm(x_SE), cos_SD, sin_SD, cu_seqlens, lengths, bidirectional_S)
+        x_SE = x_SE + self.self_attn(
+            self.input_layernorm(x_SE), cos_SD, sin_SD, cu_seqlens, lengths, bidirectional_S
+        )
         return x_SE + self.mlp(self.post_attention_layernorm(x_SE))
 
 
@@ -91,11 +103,17 @@ class LanguageModel(nn.Module):
         self.embed_tokens = factory.vocab_embedding(m.total_vocab_size, m.hidden_size)
         self.layers = nn.ModuleList(LlmBlock(cfg, factory) for _ in range(m.num_layers))
         self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps)
-        self.lm_head = None if m.tie_word_embeddings else factory.vocab_head(m.hidden_size, m.vocab_size)
+        self.lm_head = (
+            None if m.tie_word_embeddings else factory.vocab_head(m.hidden_size, m.vocab_size)
+        )
         if m.tie_word_embeddings and factory.tp_size > 1:
-            raise ValueError("model.llm.tie_word_embeddings=true is not supported with tensor parallelism; set it false")
+            raise ValueError(
+                "model.llm.tie_word_embeddings=true is not supported with tensor parallelism; set it false"
+            )
 
-    def hidden_states(self, embeds_SE, positions_S, cu_seqlens, lengths, bidirectional_S=None) -> torch.Tensor:
+    def hidden_states(
+        self, embeds_SE, positions_S, cu_seqlens, lengths, bidirectional_S=None
+    ) -> torch.Tensor:
         m = self.cfg.llm
         cos_SD, sin_SD = rope_cos_sin(positions_S, m.head_dim, m.rope_theta, embeds_SE.dtype)
         x_SE = embeds_SE

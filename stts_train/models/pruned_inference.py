@@ -27,7 +27,6 @@ from stts_train.models.vlm import Molmo2VLM, VLMOutput
 from stts_train.pruning.base import Grid, PrunerInput, TokenPruner, get_pruner
 from stts_train.pruning.stts import layout_from_items
 
-
 # Reference constants tuned for LLaVA-OV's 196 tokens per frame, rescaled to our grid.
 REFERENCE_TOKENS_PER_FRAME = 196
 SINK_TOP_REFERENCE = 20
@@ -37,7 +36,9 @@ def build_pruner(name: str, tokens_per_frame: int, **params) -> TokenPruner:
     """`get_pruner` with grid-dependent defaults scaled from the reference's 196-token frames
     (SToP-VisionZip skips the top 20 sink positions there: ~10% of a frame)."""
     if name == "stop_visionzip" and "sink_top" not in params:
-        params["sink_top"] = max(1, round(SINK_TOP_REFERENCE * tokens_per_frame / REFERENCE_TOKENS_PER_FRAME))
+        params["sink_top"] = max(
+            1, round(SINK_TOP_REFERENCE * tokens_per_frame / REFERENCE_TOKENS_PER_FRAME)
+        )
     return get_pruner(name, **params)
 
 
@@ -51,7 +52,9 @@ def received_attention(block, x_FND: torch.Tensor) -> tuple[torch.Tensor, torch.
         h = block.layer_norm1(x_ND)
         q = attn.q_proj(h).view(-1, heads, head_dim).transpose(0, 1)
         k = attn.k_proj(h).view(-1, heads, head_dim).transpose(0, 1)
-        probs_HNN = torch.softmax((q.float() @ k.float().transpose(1, 2)) / math.sqrt(head_dim), dim=-1)
+        probs_HNN = torch.softmax(
+            (q.float() @ k.float().transpose(1, 2)) / math.sqrt(head_dim), dim=-1
+        )
         received.append(probs_HNN.mean(dim=(0, 1)))
         keys.append(k.mean(dim=0))
     return torch.stack(received), torch.stack(keys)
@@ -75,7 +78,9 @@ def forward_with_pruner(
         return model(batch, return_logits=return_logits, keep_ratio=1.0)
     layer = attention_layer if attention_layer >= 0 else cfg.vit.num_layers + attention_layer
     if not 0 <= layer < cfg.vit.num_layers:
-        raise LayoutError(f"attention_layer={attention_layer} is outside the ViT's {cfg.vit.num_layers} blocks")
+        raise LayoutError(
+            f"attention_layer={attention_layer} is outside the ViT's {cfg.vit.num_layers} blocks"
+        )
     frames = batch.item_frames_I.tolist()
     modality = batch.item_modality_I.tolist()
     layout = layout_from_items(frames, modality, 1.0, cfg.groups_per_frame)
@@ -84,7 +89,9 @@ def forward_with_pruner(
     captured: dict[str, torch.Tensor] = {}
 
     def capture(module, args, output):
-        captured["received_FN"], captured["keys_FND"] = received_attention(module, args[0].view(num_frames, cfg.vit.num_patches, -1))
+        captured["received_FN"], captured["keys_FND"] = received_attention(
+            module, args[0].view(num_frames, cfg.vit.num_patches, -1)
+        )
 
     hook = vit.layers[layer].register_forward_hook(capture)
     try:
@@ -94,7 +101,9 @@ def forward_with_pruner(
     gidx = vit.group_index_GP
     num_groups = gidx.shape[0]
     all_groups = torch.arange(num_frames * num_groups, device=pixels.device)
-    group_patches = (all_groups // num_groups)[:, None] * cfg.vit.num_patches + gidx[all_groups % num_groups]
+    group_patches = (all_groups // num_groups)[:, None] * cfg.vit.num_patches + gidx[
+        all_groups % num_groups
+    ]
     features_FGE = model.connector(vis.features_KD, group_patches).view(num_frames, num_groups, -1)
     attention_FG = captured["received_FN"][:, gidx].mean(-1)
     keys_FGK = captured["keys_FND"][:, gidx].mean(-2)
@@ -106,14 +115,16 @@ def forward_with_pruner(
     for n, m in zip(frames, modality):
         feats = features_FGE[start : start + n]
         if m == Modality.VIDEO and keep_ratio < 1.0:
-            out = pruner.prune(PrunerInput(
-                features_TND=feats,
-                attention_TN=attention_FG[start : start + n],
-                grid=Grid(side, side),
-                keep_ratio=keep_ratio,
-                keys_TNK=keys_FGK[start : start + n],
-                global_features_TG=feats.mean(dim=1),
-            ))
+            out = pruner.prune(
+                PrunerInput(
+                    features_TND=feats,
+                    attention_TN=attention_FG[start : start + n],
+                    grid=Grid(side, side),
+                    keep_ratio=keep_ratio,
+                    keys_TNK=keys_FGK[start : start + n],
+                    global_features_TG=feats.mean(dim=1),
+                )
+            )
             order = torch.argsort(out.frame_M * num_groups + out.position_M, stable=True)
             kept_features.append(out.features_MD[order])
             kept_per_frame += torch.bincount(out.frame_M, minlength=n).tolist()
@@ -125,7 +136,12 @@ def forward_with_pruner(
         else:
             raise LayoutError(f"visual item modality {m} is not 1 (image) or 2 (video)")
         start += n
-    keep_group_FG = torch.arange(num_groups, device=pixels.device)[None, :] < torch.tensor(kept_per_frame, device=pixels.device)[:, None]
-    out = model.forward_llm(batch, keep_group_FG, torch.cat(kept_features), return_logits=return_logits)
+    keep_group_FG = (
+        torch.arange(num_groups, device=pixels.device)[None, :]
+        < torch.tensor(kept_per_frame, device=pixels.device)[:, None]
+    )
+    out = model.forward_llm(
+        batch, keep_group_FG, torch.cat(kept_features), return_logits=return_logits
+    )
     out.kept_mask_FG = kept_mask_FG
     return out

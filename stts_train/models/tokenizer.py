@@ -22,35 +22,72 @@ QWEN_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN_SPECIAL = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
-    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
 ]
 QWEN_SPECIAL_START = 151643
 BASE_VOCAB = 151936
 # Molmo2's additional vocabulary starts right after the base vocabulary (ids match the
 # transformers Molmo2Config defaults: im_start 151936, im_end 151937, im_patch 151938, ...).
 MOLMO2_EXTRA = [
-    "<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>",
-    "<im_low>", "<frame_start>", "<frame_end>", "<|video|>",
+    "<im_start>",
+    "<im_end>",
+    "<im_patch>",
+    "<im_col>",
+    "<low_res_im_start>",
+    "<|image|>",
+    "<im_low>",
+    "<frame_start>",
+    "<frame_end>",
+    "<|video|>",
 ]
 
 
 def _ranks_file() -> Path:
     spec = importlib.util.find_spec("dashscope")
     if spec is None or spec.origin is None:
-        raise STTSError("the Qwen tokenizer needs the `dashscope` wheel: pip install --no-deps dashscope==2.0.2")
+        raise STTSError(
+            "the Qwen tokenizer needs the `dashscope` wheel: pip install --no-deps dashscope==2.0.2"
+        )
     path = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
     if not path.is_file():
-        raise STTSError(f"{path} is missing; reinstall dashscope (pip install --no-deps --force-reinstall dashscope)")
+        raise STTSError(
+            f"{path} is missing; reinstall dashscope (pip install --no-deps --force-reinstall dashscope)"
+        )
     return path
 
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -96,12 +133,16 @@ def build_tokenizer_json(out: Path) -> Path:
         if len(tok) > 1:
             left, right = _recover_merge(tok, ranks, rank)
             merges.append((encode(left), encode(right)))
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tokenizer = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
+    )
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     from tokenizers import AddedToken
 
@@ -109,8 +150,12 @@ def build_tokenizer_json(out: Path) -> Path:
     tokenizer.add_special_tokens(specials)
     # Fill the ids between the last Qwen special token and Molmo2's extra block so ids line up.
     filler = BASE_VOCAB - (QWEN_SPECIAL_START + len(QWEN_SPECIAL))
-    tokenizer.add_special_tokens([AddedToken(f"<|unused_{i}|>", special=True, normalized=False) for i in range(filler)])
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in MOLMO2_EXTRA])
+    tokenizer.add_special_tokens(
+        [AddedToken(f"<|unused_{i}|>", special=True, normalized=False) for i in range(filler)]
+    )
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in MOLMO2_EXTRA]
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tokenizer.save(str(tmp))
@@ -131,9 +176,15 @@ def qwen_tokenizer():
     if not path.is_file():
         build_tokenizer_json(path)
     tokenizer = Tokenizer.from_file(str(path))
-    for name, expected in (("<|im_start|>", 151644), ("<im_patch>", 151938), ("<frame_start>", 151943)):
+    for name, expected in (
+        ("<|im_start|>", 151644),
+        ("<im_patch>", 151938),
+        ("<frame_start>", 151943),
+    ):
         if tokenizer.token_to_id(name) != expected:
-            raise STTSError(f"tokenizer cache {path} is stale ({name} != {expected}); delete it to rebuild")
+            raise STTSError(
+                f"tokenizer cache {path} is stale ({name} != {expected}); delete it to rebuild"
+            )
     return tokenizer
 
 
@@ -168,7 +219,9 @@ class SubsetTokenizer:
         return _Encoding(ids)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return self.base.decode([self.base_ids[i] for i in ids], skip_special_tokens=skip_special_tokens)
+        return self.base.decode(
+            [self.base_ids[i] for i in ids], skip_special_tokens=skip_special_tokens
+        )
 
     def token_to_id(self, name: str) -> int | None:
         b = self.base.token_to_id(name)
@@ -186,7 +239,9 @@ def build_subset(texts, base=None) -> tuple[list[int], int]:
     every digit and Molmo2's extra tokens (appended after the predictable part)."""
     base = base or qwen_tokenizer()
     ids: set[int] = {base.token_to_id(t) for t in CHAT_TOKENS}
-    for text in list(texts) + [str(d) for d in range(10)] + [" ", ".", "\n", "user\n", "assistant\n"]:
+    for text in (
+        list(texts) + [str(d) for d in range(10)] + [" ", ".", "\n", "user\n", "assistant\n"]
+    ):
         ids.update(base.encode(text, add_special_tokens=False).ids)
     predictable = sorted(ids)
     extra = [base.token_to_id(t) for t in MOLMO2_EXTRA]
@@ -198,15 +253,21 @@ def subset_overrides(path: str, base_ids: list[int], vocab_size: int, base=None)
     base = base or qwen_tokenizer()
     sub = SubsetTokenizer(base, base_ids)
     names = {
-        "image_start_id": "<im_start>", "image_end_id": "<im_end>", "image_patch_id": "<im_patch>",
-        "image_col_id": "<im_col>", "low_res_image_start_id": "<low_res_im_start>",
-        "frame_start_id": "<frame_start>", "frame_end_id": "<frame_end>", "pad_id": "<|endoftext|>",
+        "image_start_id": "<im_start>",
+        "image_end_id": "<im_end>",
+        "image_patch_id": "<im_patch>",
+        "image_col_id": "<im_col>",
+        "low_res_image_start_id": "<low_res_im_start>",
+        "frame_start_id": "<frame_start>",
+        "frame_end_id": "<frame_end>",
+        "pad_id": "<|endoftext|>",
         "eos_id": "<|im_end|>",
     }
-    return [f"model.vocabulary={path}", f"model.llm.vocab_size={vocab_size}",
-            f"model.llm.additional_vocab_size={len(base_ids) - vocab_size}"] + [
-        f"model.tokens.{k}={sub.token_to_id(v)}" for k, v in names.items()
-    ]
+    return [
+        f"model.vocabulary={path}",
+        f"model.llm.vocab_size={vocab_size}",
+        f"model.llm.additional_vocab_size={len(base_ids) - vocab_size}",
+    ] + [f"model.tokens.{k}={sub.token_to_id(v)}" for k, v in names.items()]
 
 
 def load_tokenizer(model_cfg):
@@ -225,6 +286,8 @@ def load_tokenizer(model_cfg):
             f"{model_cfg.llm.total_vocab_size}; use the overrides from subset_overrides()"
         )
     if tok.token_to_id("<im_patch>") != model_cfg.tokens.image_patch_id:
-        raise STTSError(f"model.tokens.image_patch_id={model_cfg.tokens.image_patch_id} does not match "
-                        f"<im_patch> = {tok.token_to_id('<im_patch>')} in {path}")
+        raise STTSError(
+            f"model.tokens.image_patch_id={model_cfg.tokens.image_patch_id} does not match "
+            f"<im_patch> = {tok.token_to_id('<im_patch>')} in {path}"
+        )
     return tok

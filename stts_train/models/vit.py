@@ -44,9 +44,20 @@ class VisionAttention(nn.Module):
 
     def forward(self, x_SD, cu_seqlens, lengths, key_bias_S=None, backend="auto") -> torch.Tensor:
         shape = (x_SD.shape[0], self.local_heads, self.head_dim)
-        q, k, v = self.q_proj(x_SD).view(shape), self.k_proj(x_SD).view(shape), self.v_proj(x_SD).view(shape)
+        q, k, v = (
+            self.q_proj(x_SD).view(shape),
+            self.k_proj(x_SD).view(shape),
+            self.v_proj(x_SD).view(shape),
+        )
         out_SHD = packed_attention(
-            q, k, v, cu_seqlens, causal=False, key_bias_S=key_bias_S, backend=backend, lengths=lengths
+            q,
+            k,
+            v,
+            cu_seqlens,
+            causal=False,
+            key_bias_S=key_bias_S,
+            backend=backend,
+            lengths=lengths,
         )
         return self.o_proj(out_SHD.reshape(x_SD.shape[0], -1))
 
@@ -74,7 +85,9 @@ class VisionBlock(nn.Module):
         self.backend = cfg.attention_backend
 
     def forward(self, x_SD, cu_seqlens, lengths, key_bias_S=None) -> torch.Tensor:
-        x_SD = x_SD + self.self_attn(self.layer_norm1(x_SD), cu_seqlens, lengths, key_bias_S, self.backend)
+        x_SD = x_SD + self.self_attn(
+            self.layer_norm1(x_SD), cu_seqlens, lengths, key_bias_S, self.backend
+        )
         return x_SD + self.mlp(self.layer_norm2(x_SD))
 
 
@@ -132,7 +145,9 @@ class VisionTransformer(nn.Module):
         num_frames, num_patches, _ = x_FND.shape
         debug: dict[str, torch.Tensor] = {}
         dense_lengths = [num_patches] * num_frames
-        dense_cu = cu_seqlens_from_lengths(torch.full((num_frames,), num_patches, device=x_FND.device))
+        dense_cu = cu_seqlens_from_lengths(
+            torch.full((num_frames,), num_patches, device=x_FND.device)
+        )
         x_SD = x_FND.reshape(num_frames * num_patches, -1)
         saved: dict[int, torch.Tensor] = {}
         block_tokens: list[int] = []
@@ -148,8 +163,12 @@ class VisionTransformer(nn.Module):
             x_SD = self.layers[i](x_SD, dense_cu, dense_lengths)
             saved[i] = x_SD
         if not self.use_stts:
-            keep_patch_FN = torch.ones(num_frames, num_patches, dtype=torch.bool, device=x_SD.device)
-            return self._output(saved, keep_group_FG, keep_patch_FN, scores_FG, aux_loss, block_tokens)
+            keep_patch_FN = torch.ones(
+                num_frames, num_patches, dtype=torch.bool, device=x_SD.device
+            )
+            return self._output(
+                saved, keep_group_FG, keep_patch_FN, scores_FG, aux_loss, block_tokens
+            )
 
         # The scorer runs on every frame in every step (ZeRO needs every rank to use it).
         hidden_FND = x_SD.view(num_frames, num_patches, -1)
@@ -166,7 +185,11 @@ class VisionTransformer(nn.Module):
             key_bias_S = group_to_patch(bias_FG, self.group_index_GP, num_patches).reshape(-1)
             if self.training and cfg.stts.aux_loss_weight > 0:
                 aux_loss = temporal_aux_loss(
-                    hidden_FND, scores_FG, layout, self.group_index_GP, coefficient=1.0,
+                    hidden_FND,
+                    scores_FG,
+                    layout,
+                    self.group_index_GP,
+                    coefficient=1.0,
                     detach_target=cfg.stts.detach_aux_target,
                 )
         else:
@@ -184,7 +207,10 @@ class VisionTransformer(nn.Module):
             x_SD = self.layers[biased](x_SD, dense_cu, dense_lengths, key_bias_S)
             saved[biased] = x_SD
         if return_debug:
-            debug = {"bias_FG": bias_FG, "hidden_bias_block_FND": x_SD.view(num_frames, num_patches, -1)}
+            debug = {
+                "bias_FG": bias_FG,
+                "hidden_bias_block_FND": x_SD.view(num_frames, num_patches, -1),
+            }
 
         # Blocks prune_at+2..: kept patches only, one varlen sequence per frame.
         keep_patch_S = keep_patch_FN.reshape(-1)

@@ -75,7 +75,9 @@ class Molmo2VLM(nn.Module):
                 continue  # the scorer has its own init (docs/stts.md#scorer)
             if isinstance(module, nn.Linear):
                 fan_in = module.weight.shape[1]
-                nn.init.normal_(module.weight, std=fan_in**-0.5 if self.cfg.init_scheme == "fan_in" else std)
+                nn.init.normal_(
+                    module.weight, std=fan_in**-0.5 if self.cfg.init_scheme == "fan_in" else std
+                )
                 if module.bias is not None:
                     module.bias.zero_()
             elif isinstance(module, nn.Embedding):
@@ -84,7 +86,12 @@ class Molmo2VLM(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by optimizer group: vit, scorer, connector, llm."""
-        groups: dict[str, list[nn.Parameter]] = {"vit": [], "scorer": [], "connector": [], "llm": []}
+        groups: dict[str, list[nn.Parameter]] = {
+            "vit": [],
+            "scorer": [],
+            "connector": [],
+            "llm": [],
+        }
         for name, param in self.named_parameters():
             if name.startswith("vision.scorer."):
                 groups["scorer"].append(param)
@@ -103,7 +110,9 @@ class Molmo2VLM(nn.Module):
         modality = batch.item_modality_I.tolist()
         for i, (n, m) in enumerate(zip(frames, modality)):
             if m not in (Modality.IMAGE, Modality.VIDEO):
-                raise LayoutError(f"visual item {i} has modality {m}; expected 1 (image) or 2 (video)")
+                raise LayoutError(
+                    f"visual item {i} has modality {m}; expected 1 (image) or 2 (video)"
+                )
             if m == Modality.VIDEO and n == 1 and keep < 1.0:
                 raise LayoutError(
                     f"visual item {i} is a one-frame video; frame 0 is never pruned, so send it as an "
@@ -128,7 +137,9 @@ class Molmo2VLM(nn.Module):
         num_real_frames = pixels_FNC.shape[0]
         expected = cfg.vit.num_patches, cfg.vit.patch_dim
         if num_real_frames and tuple(pixels_FNC.shape[1:]) != expected:
-            raise LayoutError(f"pixels_FNC has shape {tuple(pixels_FNC.shape)}; expected (F, {expected[0]}, {expected[1]})")
+            raise LayoutError(
+                f"pixels_FNC has shape {tuple(pixels_FNC.shape)}; expected (F, {expected[0]}, {expected[1]})"
+            )
         dummy = num_real_frames == 0
         if dummy:
             # Text-only micro-batch: every rank still runs every module (ZeRO-3 gathers by hooks).
@@ -150,12 +161,14 @@ class Molmo2VLM(nn.Module):
         kept_patches = int(vis.keep_patch_FN.sum()) if not dummy else 0
         out.aux_loss = aux_loss
         out.scores_FG = None if dummy else vis.scores_FG
-        out.stats.update({
-            "vit_frames": float(num_real_frames),
-            "vit_patches_in": float(num_real_frames * cfg.vit.num_patches),
-            "vit_patches_kept": float(kept_patches),
-            "vit_block_tokens": float(sum(vis.block_tokens)) if not dummy else 0.0,
-        })
+        out.stats.update(
+            {
+                "vit_frames": float(num_real_frames),
+                "vit_patches_in": float(num_real_frames * cfg.vit.num_patches),
+                "vit_patches_kept": float(kept_patches),
+                "vit_block_tokens": float(sum(vis.block_tokens)) if not dummy else 0.0,
+            }
+        )
         return out
 
     def forward_llm(
@@ -172,7 +185,9 @@ class Molmo2VLM(nn.Module):
         placeholder order; `image_features_XE` holds one feature per kept placeholder, in order.
         """
         cfg = self.cfg
-        ids_S, labels_S, positions_S, cu_seqlens, lengths, patch_S = self._compact(batch, keep_group_FG)
+        ids_S, labels_S, positions_S, cu_seqlens, lengths, patch_S = self._compact(
+            batch, keep_group_FG
+        )
         embeds_SE = self.llm.embed_tokens(ids_S)
         if image_features_XE.shape[0] != int(patch_S.sum()):
             raise LayoutError(
@@ -186,7 +201,9 @@ class Molmo2VLM(nn.Module):
         if cfg.llm.image_attention == "bidirectional":
             block_ids = torch.tensor(cfg.tokens.image_block_ids, device=ids_S.device)
             bidirectional_S = torch.isin(ids_S, block_ids)
-        hidden_SE = self.llm.hidden_states(embeds_SE, positions_S, cu_seqlens, lengths, bidirectional_S)
+        hidden_SE = self.llm.hidden_states(
+            embeds_SE, positions_S, cu_seqlens, lengths, bidirectional_S
+        )
 
         loss_mask_S = labels_S != IGNORE_INDEX
         logits_XV = self.llm.logits(hidden_SE[loss_mask_S])
@@ -209,12 +226,16 @@ class Molmo2VLM(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------------------
-    def _kept_group_patches(self, keep_group_FG: torch.Tensor, keep_patch_FN: torch.Tensor) -> torch.Tensor:
+    def _kept_group_patches(
+        self, keep_group_FG: torch.Tensor, keep_patch_FN: torch.Tensor
+    ) -> torch.Tensor:
         """(X, P) rows into the kept-patch sequence for each kept group, frame-major, raster order."""
         num_frames, num_patches = keep_patch_FN.shape
         group_index_GP = self.vision.group_index_GP
         kept_rank_S = torch.cumsum(keep_patch_FN.reshape(-1).long(), 0) - 1
-        frame_offset = torch.arange(num_frames, device=keep_patch_FN.device)[:, None, None] * num_patches
+        frame_offset = (
+            torch.arange(num_frames, device=keep_patch_FN.device)[:, None, None] * num_patches
+        )
         flat_FGP = frame_offset + group_index_GP[None]
         return kept_rank_S[flat_FGP[keep_group_FG]]
 
@@ -237,12 +258,19 @@ class Molmo2VLM(nn.Module):
             keep_S[patch_S] = keep_group_FG.reshape(-1)
         lengths_B = (batch.cu_seqlens_B1[1:] - batch.cu_seqlens_B1[:-1]).long()
         if int(lengths_B.sum()) != ids_S.numel():
-            raise LayoutError(f"cu_seqlens covers {int(lengths_B.sum())} tokens but input_ids_S has {ids_S.numel()}")
-        sample_S = torch.repeat_interleave(torch.arange(lengths_B.numel(), device=ids_S.device), lengths_B)
+            raise LayoutError(
+                f"cu_seqlens covers {int(lengths_B.sum())} tokens but input_ids_S has {ids_S.numel()}"
+            )
+        sample_S = torch.repeat_interleave(
+            torch.arange(lengths_B.numel(), device=ids_S.device), lengths_B
+        )
         kept_sample = sample_S[keep_S]
         kept_lengths_B = torch.bincount(kept_sample, minlength=lengths_B.numel())
         cu_seqlens = cu_seqlens_from_lengths(kept_lengths_B)
-        positions_S = torch.arange(kept_sample.numel(), device=ids_S.device) - cu_seqlens[:-1].long()[kept_sample]
+        positions_S = (
+            torch.arange(kept_sample.numel(), device=ids_S.device)
+            - cu_seqlens[:-1].long()[kept_sample]
+        )
         return (
             ids_S[keep_S],
             batch.labels_S[keep_S],

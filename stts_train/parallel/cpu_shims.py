@@ -70,7 +70,9 @@ class CpuRngTracker:
 _CPU_TRACKER = CpuRngTracker()
 
 
-def _cpu_get_tensor(self: Any, tensor_shape: Any, dtype: torch.dtype, name: str, mem_alloc_context: Any = None) -> torch.Tensor:
+def _cpu_get_tensor(
+    self: Any, tensor_shape: Any, dtype: torch.dtype, name: str, mem_alloc_context: Any = None
+) -> torch.Tensor:
     required = functools.reduce(operator.mul, tensor_shape, 1)
     key = (name, dtype)
     buf = self.buffer.get(key)

@@ -35,8 +35,13 @@ class RankEnv:
 
 def _first_slurm_host(nodelist: str) -> str:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=30, check=True).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
         if out:
             return out[0]
     except (OSError, subprocess.SubprocessError):
@@ -53,15 +58,23 @@ def detect_env(environ: dict[str, str] | None = None) -> RankEnv | None:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return RankEnv(
-            int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")),
-            env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")),
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", "0")),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", "29500")),
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
-        addr = env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+        addr = env.get("MASTER_ADDR") or _first_slurm_host(
+            env.get("SLURM_JOB_NODELIST", "127.0.0.1")
+        )
         port = int(env.get("MASTER_PORT") or 10000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
         return RankEnv(
-            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
-            addr, port,
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", "0")),
+            addr,
+            port,
         )
     return None
 
@@ -83,14 +96,19 @@ def init_distributed(env: RankEnv, backend: str = "auto", timeout_min: int = 30)
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     os.environ.update(
-        RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
-        MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
+        RANK=str(env.rank),
+        WORLD_SIZE=str(env.world_size),
+        LOCAL_RANK=str(env.local_rank),
+        MASTER_ADDR=env.master_addr,
+        MASTER_PORT=str(env.master_port),
     )
     if backend == "nccl":
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(
-            backend, rank=env.rank, world_size=env.world_size,
+            backend,
+            rank=env.rank,
+            world_size=env.world_size,
             timeout=datetime.timedelta(minutes=timeout_min),
         )
     return backend
@@ -117,8 +135,12 @@ def spawn_local(argv: list[str], num_ranks: int, extra_env: dict[str, str] | Non
     for rank in range(num_ranks):
         env = dict(os.environ, **(extra_env or {}))
         env.update(
-            RANK=str(rank), WORLD_SIZE=str(num_ranks), LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(num_ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+            RANK=str(rank),
+            WORLD_SIZE=str(num_ranks),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(num_ranks),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
         )
         procs.append(subprocess.Popen([sys.executable, "-m", "stts_train.cli", *argv], env=env))
 
@@ -127,7 +149,9 @@ def spawn_local(argv: list[str], num_ranks: int, extra_env: dict[str, str] | Non
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    previous = {
+        s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    }
     first_failure: int | None = None
     try:
         while any(p.poll() is None for p in procs):

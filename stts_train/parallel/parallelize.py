@@ -129,7 +129,12 @@ def parallelize(
 
         model_fn = Molmo2VLM
     model = build_model(cfg, dims, model_fn)
-    say("parallelize: built %s with seed %d (%s)", type(model).__name__, cfg.train.seed, dims.describe())
+    say(
+        "parallelize: built %s with seed %d (%s)",
+        type(model).__name__,
+        cfg.train.seed,
+        dims.describe(),
+    )
     groups = model.param_groups()
     tp_layout = tp_partition_dims(model)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -141,9 +146,17 @@ def parallelize(
     ds_config = render_deepspeed_config(cfg, dims.dp)
     if cfg.parallel.zero_stage == 3:
         teach_zero3_dataclass_outputs()
-    say("parallelize: deepspeed.initialize ZeRO-%d %s", cfg.parallel.zero_stage, cfg.parallel.precision)
+    say(
+        "parallelize: deepspeed.initialize ZeRO-%d %s",
+        cfg.parallel.zero_stage,
+        cfg.parallel.precision,
+    )
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
-        mpu=dims, dist_init_required=False,
+        model=model.to(device),
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_config,
+        mpu=dims,
+        dist_init_required=False,
     )
     return Parallelized(engine, model, optimizer, scheduler, ds_config, tp_layout, param_counts)

@@ -99,16 +99,26 @@ class MegatronLayerFactory:
 
     def column(self, in_features: int, out_features: int, bias: bool) -> nn.Module:
         layer = self._column_cls(
-            in_features, out_features, config=self._config, init_method=_no_init, bias=bias,
-            gather_output=False, skip_bias_add=False,
+            in_features,
+            out_features,
+            config=self._config,
+            init_method=_no_init,
+            bias=bias,
+            gather_output=False,
+            skip_bias_add=False,
         )
         layer.tp_partition_dims = {"weight": 0, **({"bias": 0} if bias else {})}
         return layer
 
     def row(self, in_features: int, out_features: int, bias: bool) -> nn.Module:
         layer = self._row_cls(
-            in_features, out_features, config=self._config, init_method=_no_init, bias=bias,
-            input_is_parallel=True, skip_bias_add=False,
+            in_features,
+            out_features,
+            config=self._config,
+            init_method=_no_init,
+            bias=bias,
+            input_is_parallel=True,
+            skip_bias_add=False,
         )
         layer.tp_partition_dims = {"weight": 1}
         return layer

@@ -72,7 +72,8 @@ def teach_zero3_dataclass_outputs() -> None:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             changes = {
                 f.name: apply(function, getattr(value, f.name), warning_msg_fn)
-                for f in dataclasses.fields(value) if f.init
+                for f in dataclasses.fields(value)
+                if f.init
             }
             return dataclasses.replace(value, **changes)
         if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):

@@ -140,15 +140,21 @@ def soft_bias(
     else:
         raise ValueError(f"rescale axis {axis!r} must be 'row' or 'frame'")
     s_hat = min_value + (s - lo) * (1.0 - min_value) / (hi - lo + 1e-6)
-    bias_FG = bias_FG.masked_scatter(apply_F[:, None].expand_as(bias_FG), torch.log(s_hat).reshape(-1))
+    bias_FG = bias_FG.masked_scatter(
+        apply_F[:, None].expand_as(bias_FG), torch.log(s_hat).reshape(-1)
+    )
     return bias_FG
 
 
-def group_to_patch(values_FG: torch.Tensor, group_index_GP: torch.Tensor, num_patches: int) -> torch.Tensor:
+def group_to_patch(
+    values_FG: torch.Tensor, group_index_GP: torch.Tensor, num_patches: int
+) -> torch.Tensor:
     """Spread a per-group value to the group's patches: (F, G) -> (F, N)."""
     num_frames, _ = values_FG.shape
-    out = values_FG.new_zeros(num_frames, num_patches) if values_FG.dtype != torch.bool else torch.zeros(
-        num_frames, num_patches, dtype=torch.bool, device=values_FG.device
+    out = (
+        values_FG.new_zeros(num_frames, num_patches)
+        if values_FG.dtype != torch.bool
+        else torch.zeros(num_frames, num_patches, dtype=torch.bool, device=values_FG.device)
     )
     patches_per_group = group_index_GP.shape[1]
     index_FX = group_index_GP.reshape(1, -1).expand(num_frames, -1)
@@ -160,7 +166,9 @@ def neighbor_cosine(hidden_TND: torch.Tensor, group_index_GP: torch.Tensor) -> t
     """(T-1, G) cosine between the same group in consecutive frames (groups = P concatenated patches)."""
     num_frames, _, dim = hidden_TND.shape
     num_groups, patches_per_group = group_index_GP.shape
-    g = hidden_TND[:, group_index_GP.reshape(-1)].reshape(num_frames, num_groups, patches_per_group * dim)
+    g = hidden_TND[:, group_index_GP.reshape(-1)].reshape(
+        num_frames, num_groups, patches_per_group * dim
+    )
     g = F.normalize(g, dim=-1, eps=1e-12)
     return (g[:-1] * g[1:]).sum(dim=-1)
 

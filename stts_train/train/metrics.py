@@ -86,10 +86,23 @@ class MetricsProcessor:
     """
 
     def __init__(
-        self, dims: ParallelDims, run_dir: str, *, wandb_mode: str, wandb_project: str,
-        run_name: str, config: dict[str, Any], jsonl: bool, progress_bar: bool, num_steps: int,
-        param_counts: dict[str, int], vit_layers: int, peak_flops: float, max_llm_tokens: int,
-        device: torch.device, log_every: int = 1,
+        self,
+        dims: ParallelDims,
+        run_dir: str,
+        *,
+        wandb_mode: str,
+        wandb_project: str,
+        run_name: str,
+        config: dict[str, Any],
+        jsonl: bool,
+        progress_bar: bool,
+        num_steps: int,
+        param_counts: dict[str, int],
+        vit_layers: int,
+        peak_flops: float,
+        max_llm_tokens: int,
+        device: torch.device,
+        log_every: int = 1,
     ) -> None:
         self.dims, self.device = dims, device
         self.log_every = max(1, log_every)
@@ -112,8 +125,13 @@ class MetricsProcessor:
 
             os.environ.setdefault("WANDB_SILENT", "true")
             self.wandb = wandb.init(
-                project=wandb_project, name=run_name, id=run_name, resume="allow", mode=wandb_mode,
-                dir=str(self.run_dir), config=config,
+                project=wandb_project,
+                name=run_name,
+                id=run_name,
+                resume="allow",
+                mode=wandb_mode,
+                dir=str(self.run_dir),
+                config=config,
             )
         if progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
@@ -127,15 +145,23 @@ class MetricsProcessor:
         for path in (self.jsonl_path, self.samples_path):
             if path is None or not path.is_file():
                 continue
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+            keep = [
+                ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+            ]
             path.write_text("".join(ln + "\n" for ln in keep))
         if self.bar is not None:
             self.bar.n = step
             self.bar.refresh()
 
     def record(
-        self, step: int, result: Any, step_s: float, data_wait_s: float, num_samples: int,
-        keys: list[str], data_stats: dict[str, float] | None = None,
+        self,
+        step: int,
+        result: Any,
+        step_s: float,
+        data_wait_s: float,
+        num_samples: int,
+        keys: list[str],
+        data_stats: dict[str, float] | None = None,
     ) -> list[dict[str, float]]:
         """Buffer this rank's numbers of `step` (a `train_step.StepResult`, this rank's sample
         count and keys); flushes (collective) when `step` is a multiple of `log_every`.
@@ -143,19 +169,30 @@ class MetricsProcessor:
         logged as `data/<name>`. Returns what `flush` returns, or [] without a flush."""
         s = result.stats
         llm_tokens, vit_cost = s.get("llm_tokens", 0.0), s.get("vit_block_tokens", 0.0)
-        self.pending.append({
-            "step": step, "keys": list(keys),
-            "llm_tokens": llm_tokens, "image_tokens_in": s.get("image_tokens_in", 0.0),
-            "image_tokens_kept": s.get("image_tokens_kept", 0.0), "vit_block_tokens": vit_cost,
-            "num_samples": float(num_samples), "cost": llm_tokens + vit_cost / self.vit_layers,
-            "num_microbatches": float(result.num_microbatches), "step_s": step_s,
-            "data_wait_s": data_wait_s, "mem_gib": peak_memory_gib(self.device),
-            "ce_share": result.ce_share, "aux_share": result.aux_share,
-            "loss_share": result.loss_share,
-            # global already (identical on every rank): rank 0 logs its own copy
-            "grad_norm": result.grad_norm, "loss_tokens": float(result.loss_tokens),
-            "lr": dict(result.lr), "data_stats": dict(data_stats or {}),
-        })
+        self.pending.append(
+            {
+                "step": step,
+                "keys": list(keys),
+                "llm_tokens": llm_tokens,
+                "image_tokens_in": s.get("image_tokens_in", 0.0),
+                "image_tokens_kept": s.get("image_tokens_kept", 0.0),
+                "vit_block_tokens": vit_cost,
+                "num_samples": float(num_samples),
+                "cost": llm_tokens + vit_cost / self.vit_layers,
+                "num_microbatches": float(result.num_microbatches),
+                "step_s": step_s,
+                "data_wait_s": data_wait_s,
+                "mem_gib": peak_memory_gib(self.device),
+                "ce_share": result.ce_share,
+                "aux_share": result.aux_share,
+                "loss_share": result.loss_share,
+                # global already (identical on every rank): rank 0 logs its own copy
+                "grad_norm": result.grad_norm,
+                "loss_tokens": float(result.loss_tokens),
+                "lr": dict(result.lr),
+                "data_stats": dict(data_stats or {}),
+            }
+        )
         return self.flush() if step % self.log_every == 0 else []
 
     def flush(self) -> list[dict[str, float]]:
@@ -174,8 +211,10 @@ class MetricsProcessor:
         assert gathered is not None
         num_steps = {len(p["steps"]) for p in gathered}
         if len(num_steps) != 1:
-            raise RuntimeError(f"ranks buffered different step counts {sorted(num_steps)}; flush "
-                               "must be called by every rank at the same step")
+            raise RuntimeError(
+                f"ranks buffered different step counts {sorted(num_steps)}; flush "
+                "must be called by every rank at the same step"
+            )
         # each tensor-parallel group once, in data-parallel rank order
         once = sorted((p for p in gathered if p["tp_rank"] == 0), key=lambda p: p["dp_rank"])
         logged = []
@@ -188,10 +227,12 @@ class MetricsProcessor:
             logged.append(metrics)
         return logged
 
-    def _step_metrics(self, own: dict[str, Any], once: list[dict[str, Any]],
-                      every: list[dict[str, Any]]) -> dict[str, float]:
+    def _step_metrics(
+        self, own: dict[str, Any], once: list[dict[str, Any]], every: list[dict[str, Any]]
+    ) -> dict[str, float]:
         """One step's metrics from the records of that step: `once` = one per tensor-parallel
         group (sums), `every` = all ranks (maxes), `own` = rank 0's (global numbers)."""
+
         def total(name: str) -> float:
             return sum(r[name] for r in once)
 
@@ -202,7 +243,8 @@ class MetricsProcessor:
         img_in = total("image_tokens_in")
         pc = self.param_counts
         flops = 6.0 * (
-            pc.get("llm", 0) * tok + pc.get("connector", 0) * img_kept
+            pc.get("llm", 0) * tok
+            + pc.get("connector", 0) * img_kept
             + (pc.get("vit", 0) + pc.get("scorer", 0)) * total("vit_block_tokens") / self.vit_layers
         )
         step_time = max(slowest("step_s"), 1e-9)
@@ -239,8 +281,9 @@ class MetricsProcessor:
             f.write(json.dumps({"step": step, "keys": keys}) + "\n")
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
-                                 tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}"
+            )
 
     def close(self) -> None:
         if self.rank0:

@@ -33,9 +33,7 @@ def lr_factor(step: int, warmup_steps: int, num_steps: int, final_fraction: floa
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_param_groups(
-    groups: dict[str, list[nn.Parameter]], cfg: OptimConfig
-) -> list[dict]:
+def build_param_groups(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> list[dict]:
     """Optimizer param-group dicts (with a `name` and the group's `warmup_steps`).
 
     Raises:
@@ -43,7 +41,9 @@ def build_param_groups(
     """
     unknown = sorted(set(groups) - set(GROUP_NAMES))
     if unknown:
-        raise ValueError(f"model.param_groups() returned unknown groups {unknown}; expected {GROUP_NAMES}")
+        raise ValueError(
+            f"model.param_groups() returned unknown groups {unknown}; expected {GROUP_NAMES}"
+        )
     seen: set[int] = set()
     out: list[dict] = []
     for name in GROUP_NAMES:
@@ -58,8 +58,14 @@ def build_param_groups(
         for suffix, ps, wd in (("", decay, cfg.weight_decay), ("_no_decay", no_decay, 0.0)):
             if ps:
                 out.append(
-                    dict(params=ps, name=name + suffix, lr=spec.lr, initial_lr=spec.lr,
-                         weight_decay=wd, warmup_steps=spec.warmup_steps)
+                    dict(
+                        params=ps,
+                        name=name + suffix,
+                        lr=spec.lr,
+                        initial_lr=spec.lr,
+                        weight_decay=wd,
+                        warmup_steps=spec.warmup_steps,
+                    )
                 )
     return out
 
@@ -75,7 +81,10 @@ def check_all_params_grouped(model: nn.Module, groups: dict[str, list[nn.Paramet
 def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
     # foreach=False: one deterministic code path regardless of how ZeRO flattens the groups
     return torch.optim.AdamW(
-        param_groups, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+        param_groups,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
         foreach=False,
     )
 

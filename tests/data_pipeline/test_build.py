@@ -53,8 +53,21 @@ def test_rebuild_with_other_limits_leaves_no_stale_shards(source_dir, ray_local,
 
 def test_build_s3_and_cli(source_dir, ray_local, s3_bucket, moto_url, spec, capsys):
     dest = f"s3://{s3_bucket}/video/ds"
-    rc = main(["data", "build", str(source_dir), dest, "--max-samples-per-shard", "4",
-               "--num-probe-workers", "2", "--s3-endpoint-url", moto_url, "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "build",
+            str(source_dir),
+            dest,
+            "--max-samples-per-shard",
+            "4",
+            "--num-probe-workers",
+            "2",
+            "--s3-endpoint-url",
+            moto_url,
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     st = Storage(dest, StorageOptions(endpoint_url=moto_url))
     assert {"manifest.json", "shard-000000.tar", "shard-000002.idx.json"} <= set(st.list())
@@ -72,15 +85,21 @@ def test_cli_errors_name_the_file(tmp_path, videos, ray_local, capsys):
     assert str(src) in capsys.readouterr().err
     (src / "bad.mp4").write_bytes(b"not a video at all" * 10)
     (src / "annotations.jsonl").write_text(
-        json.dumps({"video": "bad.mp4", "question": "q", "answer": "a"}) + "\n")
+        json.dumps({"video": "bad.mp4", "question": "q", "answer": "a"}) + "\n"
+    )
     assert main(["data", "build", str(src), str(tmp_path / "o"), "--no-progress"]) == 2
     assert "bad.mp4" in capsys.readouterr().err
     (src / "annotations.jsonl").write_text(
-        json.dumps({"video": "missing.mp4", "question": "q", "answer": "a"}) + "\n")
+        json.dumps({"video": "missing.mp4", "question": "q", "answer": "a"}) + "\n"
+    )
     with pytest.raises(DataError, match="missing.mp4"):
         build(str(src), str(tmp_path / "o"), progress=False)
-    for cmd in (["data", "--help"], ["data", "build", "--help"], ["data", "verify", "--help"],
-                ["data", "stats", "--help"]):
+    for cmd in (
+        ["data", "--help"],
+        ["data", "build", "--help"],
+        ["data", "verify", "--help"],
+        ["data", "stats", "--help"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(cmd)
         assert e.value.code == 0

@@ -15,8 +15,13 @@ from pipelines.schema import DecodeSpec
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(1, 3000), fps=st.floats(1, 120), max_frames=st.integers(1, 128),
-       max_fps=st.floats(0.25, 30), off=st.floats(0, 0.999))
+@given(
+    n=st.integers(1, 3000),
+    fps=st.floats(1, 120),
+    max_frames=st.integers(1, 128),
+    max_fps=st.floats(0.25, 30),
+    off=st.floats(0, 0.999),
+)
 def test_sampling_properties(n, fps, max_frames, max_fps, off):
     idx = sample_frame_indices(n, fps, max_frames, max_fps, off)
     assert idx == sorted(set(idx)) and 1 <= len(idx) <= max_frames
@@ -38,8 +43,9 @@ def test_sampling_examples():
 
 
 def test_patch_layout():
-    spec = DecodeSpec(image_size=4, patch_size=2, mean=(0, 0, 0), std=(1, 1, 1), max_frames=1,
-                      max_fps=1)
+    spec = DecodeSpec(
+        image_size=4, patch_size=2, mean=(0, 0, 0), std=(1, 1, 1), max_frames=1, max_fps=1
+    )
     frame = torch.arange(4 * 4 * 3, dtype=torch.uint8).view(1, 4, 4, 3)
     out = to_patches(frame, spec)
     assert out.shape == (1, 4, 12) and out.dtype == torch.float32

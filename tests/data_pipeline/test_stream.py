@@ -83,10 +83,15 @@ def _consume_items(stream, n):
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(d1=st.integers(1, 4), d2=st.integers(1, 5), d3=st.integers(1, 3),
-       takes=st.lists(st.integers(0, 9), min_size=8, max_size=8))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    d1=st.integers(1, 4),
+    d2=st.integers(1, 5),
+    d3=st.integers(1, 3),
+    takes=st.lists(st.integers(0, 9), min_size=8, max_size=8),
+)
 def test_resharding_never_repeats_or_skips(built_local, spec, d1, d2, d3, takes):
     cfg = data_cfg(built_local, num_epochs=2)
     consumed = []
@@ -123,8 +128,19 @@ def test_ray_stream_matches_sync_and_shuts_down(built_local, spec, ray_local):
     cfg = data_cfg(built_local, num_epochs=2)
     sync = open_stream(cfg, spec, 0, 2)
     want = [(s.key, s.pixels_FNC) for s in sync]
-    rs = open_stream(data_cfg(built_local, num_epochs=2, loader="ray", num_decode_actors=2,
-                              queue_size=3, actor_num_cpus=0.5), spec, 0, 2)
+    rs = open_stream(
+        data_cfg(
+            built_local,
+            num_epochs=2,
+            loader="ray",
+            num_decode_actors=2,
+            queue_size=3,
+            actor_num_cpus=0.5,
+        ),
+        spec,
+        0,
+        2,
+    )
     pids = rs.actor_pids()
     got = [(s.key, s.pixels_FNC) for s in rs]
     assert [k for k, _ in got] == [k for k, _ in want]
@@ -134,10 +150,12 @@ def test_ray_stream_matches_sync_and_shuts_down(built_local, spec, ray_local):
 
     def gone():
         return not any(os.path.exists(f"/proc/{p}") for p in pids)
+
     assert wait_for(gone, 20), "decode actor processes left behind"
     # resume mid-stream in Ray equals the sync continuation
-    rs = open_stream(data_cfg(built_local, loader="ray", queue_size=2, actor_num_cpus=0.5),
-                     spec, 0, 1)
+    rs = open_stream(
+        data_cfg(built_local, loader="ray", queue_size=2, actor_num_cpus=0.5), spec, 0, 1
+    )
     head = keys_of(rs, 4)
     state = rs.state_dict()
     rs.close()
@@ -155,26 +173,43 @@ def test_bad_data_is_skipped_counted_and_bounded(tmp_path, videos, spec):
 
     good = videos["h264"].read_bytes()
     info = probe_file(str(videos["h264"]))
-    base = dict(source_video="x", video_sha256=info["video_sha256"], num_bytes=len(good),
-                duration_s=info["duration_s"], fps=info["fps"], num_frames=info["num_frames"],
-                width=96, height=64, codec="h264", question="q", answer="a")
+    base = dict(
+        source_video="x",
+        video_sha256=info["video_sha256"],
+        num_bytes=len(good),
+        duration_s=info["duration_s"],
+        fps=info["fps"],
+        num_frames=info["num_frames"],
+        width=96,
+        height=64,
+        codec="h264",
+        question="q",
+        answer="a",
+    )
     root = str(tmp_path / "bad")
     storage = Storage(root)
     w = ShardWriter(storage, max_samples=3)
     w.write("a_good", {"json": _record("a_good", "mp4", good, base), "mp4": good})
-    w.write("b_corrupt", {"json": _record("b_corrupt", "mp4", good, base),
-                          "mp4": good[:200] + b"\xff" * 3000})
+    w.write(
+        "b_corrupt",
+        {"json": _record("b_corrupt", "mp4", good, base), "mp4": good[:200] + b"\xff" * 3000},
+    )
     w.write("c_nojson", {"mp4": good})
     ucodec = good.replace(b"avc1", b"zzzz")
     w.write("d_codec", {"json": _record("d_codec", "mp4", ucodec, base), "mp4": ucodec})
     zero = videos["h264"].read_bytes()[:0]
-    w.write("e_zero", {"json": _record("e_zero", "mp4", zero, dict(base, num_frames=0)),
-                       "mp4": zero})
+    w.write(
+        "e_zero", {"json": _record("e_zero", "mp4", zero, dict(base, num_frames=0)), "mp4": zero}
+    )
     w.write("f_good", {"json": _record("f_good", "mp4", good, base), "mp4": good})
     w.write("g_trunc", {"json": _record("g_trunc", "mp4", good, base), "mp4": good})
     shards = w.close()
-    manifest = {"schema_version": SCHEMA_VERSION, "fingerprint": "f" * 64,
-                "num_samples": sum(s["num_samples"] for s in shards), "shards": shards}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": "f" * 64,
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "shards": shards,
+    }
     storage.write("manifest.json", json.dumps(manifest).encode())
     last = os.path.join(root, shards[-1]["name"])
     with open(last, "r+b") as f:  # truncate the last shard in the middle of its video
@@ -188,5 +223,6 @@ def test_bad_data_is_skipped_counted_and_bounded(tmp_path, videos, spec):
     assert m["data/skipped_missing_json"] == 1 and m["data/skipped_truncated"] == 1
     assert m["data/skipped_zero_frames"] == 1
     with pytest.raises(DataError, match="consecutive bad samples"):
-        keys_of(open_stream(data_cfg(root, shuffle_buffer=0, max_consecutive_failures=2),
-                            spec, 0, 1))
+        keys_of(
+            open_stream(data_cfg(root, shuffle_buffer=0, max_consecutive_failures=2), spec, 0, 1)
+        )

@@ -28,7 +28,10 @@ def test_mixed_modality_ranks_finish_under_zero3(tmp_path):
     }
     cfg = tiny_config(str(tmp_path), train={"num_steps": 2}, parallel={"zero_stage": 3})
     out = run_distributed_test(
-        train_worker, 4, (cfg,), kwargs={"use_toy": False, "gather": False, "data_kwargs": {"force": force}},
+        train_worker,
+        4,
+        (cfg,),
+        kwargs={"use_toy": False, "gather": False, "data_kwargs": {"force": force}},
         timeout_s=300,
     )
     assert [o["code"] for o in out] == [0, 0, 0, 0]
@@ -48,10 +51,15 @@ def test_export_tp2_zero3_round_trips_through_transformers(tmp_path):
     from tests.model.test_hf_parity import hf_logits, our_logits, video_prompt
 
     run_dir = tmp_path / "run"
-    cfg_dict = tiny_config(str(run_dir), train={"num_steps": 2},
-                           parallel={"zero_stage": 3, "tensor_parallel": 2},
-                           checkpoint={"at_end": True})
-    out = run_distributed_test(train_worker, 2, (cfg_dict,), kwargs={"use_toy": False}, timeout_s=300)
+    cfg_dict = tiny_config(
+        str(run_dir),
+        train={"num_steps": 2},
+        parallel={"zero_stage": 3, "tensor_parallel": 2},
+        checkpoint={"at_end": True},
+    )
+    out = run_distributed_test(
+        train_worker, 2, (cfg_dict,), kwargs={"use_toy": False}, timeout_s=300
+    )
     live = out[0]["weights"]
     state, meta, _ = consolidate_path(str(run_dir))
     assert meta["step"] == 2 and meta["tp_size"] == 2
@@ -70,7 +78,9 @@ def test_export_tp2_zero3_round_trips_through_transformers(tmp_path):
     gen = torch.Generator().manual_seed(5)
     pixels = torch.randn(2, cfg.vit.num_patches, cfg.vit.patch_dim, generator=gen)
     ids = video_prompt(cfg, 2, gen)
-    expected = hf_logits(hf, cfg, ids, pixels, bidirectional=cfg.llm.image_attention == "bidirectional")
+    expected = hf_logits(
+        hf, cfg, ids, pixels, bidirectional=cfg.llm.image_attention == "bidirectional"
+    )
     actual = our_logits(ours, ids, pixels)
     assert (actual - expected).abs().max().item() < 1e-4
 

@@ -21,24 +21,37 @@ def tiny_config(run_dir: str, keep_ratio: float | None = None, **sections) -> di
 
     base = yaml.safe_load((REPO / "configs" / "tiny_cpu.yaml").read_text())
     base.update(name="tiny_cpu")
-    base = merge_dicts(base, {
-        "train": {"num_steps": 5, "run_dir": run_dir, "data_source": "synthetic",
-                  "micro_batches_per_step": 1,
-                  "synthetic": {"samples_per_microbatch": 2, "max_frames": 4}},
-        "checkpoint": {"every": 100, "at_end": False},
-        "metrics": {"wandb_mode": "disabled", "progress_bar": False},
-    })
+    base = merge_dicts(
+        base,
+        {
+            "train": {
+                "num_steps": 5,
+                "run_dir": run_dir,
+                "data_source": "synthetic",
+                "micro_batches_per_step": 1,
+                "synthetic": {"samples_per_microbatch": 2, "max_frames": 4},
+            },
+            "checkpoint": {"every": 100, "at_end": False},
+            "metrics": {"wandb_mode": "disabled", "progress_bar": False},
+        },
+    )
     if keep_ratio is not None:
         base = merge_dicts(base, {"model": {"stts": {"keep_ratio": keep_ratio}}})
     return merge_dicts(base, sections)
 
 
-def _compare(ref: dict, got: dict, tol: float = TOL, relative: bool = False, wtol: float = TOL) -> None:
+def _compare(
+    ref: dict, got: dict, tol: float = TOL, relative: bool = False, wtol: float = TOL
+) -> None:
     assert len(ref["losses"]) == len(got["losses"]) >= 5
-    diffs = [abs(a - b) / (abs(a) if relative else 1.0) for a, b in zip(ref["losses"], got["losses"])]
+    diffs = [
+        abs(a - b) / (abs(a) if relative else 1.0) for a, b in zip(ref["losses"], got["losses"])
+    ]
     assert max(diffs) < tol, (ref["losses"], got["losses"])
     wdiff = max((ref["weights"][k] - got["weights"][k]).abs().max().item() for k in ref["weights"])
-    worst = max(ref["weights"], key=lambda k: (ref["weights"][k] - got["weights"][k]).abs().max().item())
+    worst = max(
+        ref["weights"], key=lambda k: (ref["weights"][k] - got["weights"][k]).abs().max().item()
+    )
     assert wdiff < wtol, (wdiff, worst)
     # the same samples were consumed (DP spreads them over ranks)
     flat = lambda keys: [sorted(k for rank in step for mb in [rank] for k in mb) for step in keys]
@@ -61,7 +74,9 @@ def test_zero_dp2_matches_single_process(toy_reference, tmp_path, stage):
 
 
 def test_tp2_matches_tp1(tmp_path):
-    ref = run_distributed_test(train_worker, 1, (toy_config(str(tmp_path / "a")),), timeout_s=300)[0]
+    ref = run_distributed_test(train_worker, 1, (toy_config(str(tmp_path / "a")),), timeout_s=300)[
+        0
+    ]
     cfg = toy_config(str(tmp_path / "b"), parallel={"tensor_parallel": 2, "zero_stage": 1})
     got = run_distributed_test(train_worker, 2, (cfg,), timeout_s=300)[0]
     _compare(ref, got)
@@ -85,16 +100,39 @@ def test_real_model_zero3_dp2_and_tp2_match_single_process(tmp_path):
     The strict 1e-5 weight checks are the toy-model tests above.
     """
     ref = run_distributed_test(
-        train_worker, 1, (tiny_config(str(tmp_path / "ref"), 1.0, train={"micro_batches_per_step": 2},
-                                      parallel={"zero_stage": 3}),),
-        kwargs={"use_toy": False}, timeout_s=600)[0]
+        train_worker,
+        1,
+        (
+            tiny_config(
+                str(tmp_path / "ref"),
+                1.0,
+                train={"micro_batches_per_step": 2},
+                parallel={"zero_stage": 3},
+            ),
+        ),
+        kwargs={"use_toy": False},
+        timeout_s=600,
+    )[0]
     dp = run_distributed_test(
-        train_worker, 2, (tiny_config(str(tmp_path / "dp"), 1.0, parallel={"zero_stage": 3}),),
-        kwargs={"use_toy": False}, timeout_s=600)[0]
+        train_worker,
+        2,
+        (tiny_config(str(tmp_path / "dp"), 1.0, parallel={"zero_stage": 3}),),
+        kwargs={"use_toy": False},
+        timeout_s=600,
+    )[0]
     _compare(ref, dp, tol=1e-5, relative=True, wtol=1e-2)
     tp = run_distributed_test(
-        train_worker, 2,
-        (tiny_config(str(tmp_path / "tp"), 1.0, train={"micro_batches_per_step": 2},
-                     parallel={"tensor_parallel": 2, "zero_stage": 1}),),
-        kwargs={"use_toy": False}, timeout_s=600)[0]
+        train_worker,
+        2,
+        (
+            tiny_config(
+                str(tmp_path / "tp"),
+                1.0,
+                train={"micro_batches_per_step": 2},
+                parallel={"tensor_parallel": 2, "zero_stage": 1},
+            ),
+        ),
+        kwargs={"use_toy": False},
+        timeout_s=600,
+    )[0]
     _compare(ref, tp, tol=1e-5, relative=True, wtol=1e-2)

@@ -25,13 +25,20 @@ def _write_cfg(path: Path, run_dir: Path, **sections) -> Path:
     return path
 
 
-def _train(cfg: Path, *overrides: str, fault: dict[str, str] | None = None, timeout: float = 300) -> int:
+def _train(
+    cfg: Path, *overrides: str, fault: dict[str, str] | None = None, timeout: float = 300
+) -> int:
     env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env.update(fault or {})
     # own session: fault injection SIGKILLs the whole process group (launcher + ranks), not pytest
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stts_train.cli", "train", str(cfg), *overrides], env=env, cwd=REPO,
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "stts_train.cli", "train", str(cfg), *overrides],
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -68,8 +75,11 @@ def _assert_same(a: Path, b: Path) -> None:
 
 
 def test_sigkill_resume_is_exact_and_kill_during_checkpoint_keeps_previous(tmp_path):
-    sections = dict(train={"num_steps": 6}, checkpoint={"every": 3, "keep_last": 2},
-                    parallel={"num_ranks": 2, "zero_stage": 2})
+    sections = dict(
+        train={"num_steps": 6},
+        checkpoint={"every": 3, "keep_last": 2},
+        parallel={"num_ranks": 2, "zero_stage": 2},
+    )
     straight = tmp_path / "straight"
     assert _train(_write_cfg(tmp_path / "a.yaml", straight, **sections)) == 0
 

@@ -22,15 +22,39 @@ from stts_train.data.batch import MicroBatch
 from stts_train.models.common.layers import LocalLayerFactory
 
 TOY_MODEL_OVERRIDES = {
-    "vit": {"image_size": 28, "patch_size": 14, "hidden_size": 16, "intermediate_size": 32,
-            "num_heads": 2, "head_dim": 8, "num_layers": 4, "feature_layers": [-1]},
+    "vit": {
+        "image_size": 28,
+        "patch_size": 14,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "head_dim": 8,
+        "num_layers": 4,
+        "feature_layers": [-1],
+    },
     "connector": {"pool_size": 2, "intermediate_size": 32},
-    "llm": {"vocab_size": 64, "additional_vocab_size": 16, "hidden_size": 16,
-            "intermediate_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2, "head_dim": 8},
+    "llm": {
+        "vocab_size": 64,
+        "additional_vocab_size": 16,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "num_kv_heads": 2,
+        "head_dim": 8,
+    },
     "stts": {"keep_ratio": 1.0, "prune_at": 1, "aux_loss_weight": 0.5},
-    "tokens": {"image_patch_id": 64, "frame_start_id": 65, "frame_end_id": 66, "image_start_id": 67,
-               "image_end_id": 68, "low_res_image_start_id": 69, "image_col_id": 70, "pad_id": 71,
-               "eos_id": 72},
+    "tokens": {
+        "image_patch_id": 64,
+        "frame_start_id": 65,
+        "frame_end_id": 66,
+        "image_start_id": 67,
+        "image_end_id": 68,
+        "low_res_image_start_id": 69,
+        "image_col_id": 70,
+        "pad_id": 71,
+        "eos_id": 72,
+    },
 }
 
 
@@ -60,9 +84,12 @@ class ToyVLM(nn.Module):
         self.head = f.vocab_head(llm.hidden_size, llm.total_vocab_size)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        mods = {"vit": [self.vit_fc1, self.vit_fc2], "scorer": [self.scorer],
-                "connector": [self.conn_fc1, self.conn_fc2],
-                "llm": [self.embed, self.mlp_fc1, self.mlp_fc2, self.norm, self.head]}
+        mods = {
+            "vit": [self.vit_fc1, self.vit_fc2],
+            "scorer": [self.scorer],
+            "connector": [self.conn_fc1, self.conn_fc2],
+            "llm": [self.embed, self.mlp_fc1, self.mlp_fc2, self.norm, self.head],
+        }
         return {k: [p for m in ms for p in m.parameters()] for k, ms in mods.items()}
 
     def forward(self, batch: MicroBatch) -> ToyOutput:
@@ -107,9 +134,13 @@ class ToyVLM(nn.Module):
         n_local = (batch.labels_S != IGNORE_INDEX).sum()
         ce_sum = ce.sum()
         n_patches = float(batch.pixels_FNC.shape[0] * cfg.vit.num_patches)
-        stats = {"vit_patches_in": n_patches, "vit_block_tokens": n_patches * cfg.vit.num_layers,
-                 "llm_tokens": float(batch.input_ids_S.numel()),
-                 "image_tokens_in": float(placeholder.sum()), "image_tokens_kept": float(placeholder.sum())}
+        stats = {
+            "vit_patches_in": n_patches,
+            "vit_block_tokens": n_patches * cfg.vit.num_layers,
+            "llm_tokens": float(batch.input_ids_S.numel()),
+            "image_tokens_in": float(placeholder.sum()),
+            "image_tokens_kept": float(placeholder.sum()),
+        }
         if os.environ.get("TOY_NAN_KEY") in batch.sample_keys:
             ce_sum = ce_sum * float("nan")
         return ToyOutput(ce_sum, n_local, aux, stats)

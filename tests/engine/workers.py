@@ -19,9 +19,16 @@ def toy_config(run_dir: str, **sections: Any) -> dict:
     base = {
         "name": "toy",
         "model": TOY_MODEL_OVERRIDES,
-        "train": {"num_steps": 5, "seed": 0, "run_dir": run_dir, "micro_batches_per_step": 1,
-                  "synthetic": {"samples_per_microbatch": 2, "max_frames": 3}},
-        "optim": {g: {"lr": 1e-2, "warmup_steps": 2} for g in ("vit", "connector", "llm", "scorer")},
+        "train": {
+            "num_steps": 5,
+            "seed": 0,
+            "run_dir": run_dir,
+            "micro_batches_per_step": 1,
+            "synthetic": {"samples_per_microbatch": 2, "max_frames": 3},
+        },
+        "optim": {
+            g: {"lr": 1e-2, "warmup_steps": 2} for g in ("vit", "connector", "llm", "scorer")
+        },
         "checkpoint": {"every": 100, "keep_last": 2},
         "metrics": {"wandb_mode": "disabled", "progress_bar": False},
         "parallel": {"zero_stage": 1, "precision": "fp32"},
@@ -35,8 +42,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def train_worker(cfg_dict: dict, gather: bool = True, data_kwargs: dict | None = None,
-                 use_toy: bool = True) -> dict:
+def train_worker(
+    cfg_dict: dict, gather: bool = True, data_kwargs: dict | None = None, use_toy: bool = True
+) -> dict:
     """Train per config; returns losses, sample keys and (rank 0) the full final weights."""
     from stts_train.checkpoint.consolidate import gather_full_state_dict
     from stts_train.train.trainer import Trainer
@@ -44,9 +52,13 @@ def train_worker(cfg_dict: dict, gather: bool = True, data_kwargs: dict | None =
     cfg = config_from_dict(cfg_dict)
     trainer = Trainer(cfg, model_fn=ToyVLM if use_toy else None, data_kwargs=data_kwargs)
     code = trainer.fit()
-    weights = gather_full_state_dict(
-        trainer.par.model, trainer.par.tp_layout, trainer.dims.tp, trainer.dims.tp_group
-    ) if gather else None
+    weights = (
+        gather_full_state_dict(
+            trainer.par.model, trainer.par.tp_layout, trainer.dims.tp, trainer.dims.tp_group
+        )
+        if gather
+        else None
+    )
     run_dir = Path(cfg.run_dir)
     out = {"code": code, "rank": trainer.dims.rank}
     if trainer.dims.rank == 0:
@@ -59,10 +71,25 @@ def train_worker(cfg_dict: dict, gather: bool = True, data_kwargs: dict | None =
 
 
 # blocking collectives of torch.distributed a training step could issue
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "gather",
-               "gather_object", "broadcast", "broadcast_object_list", "barrier", "reduce",
-               "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single",
-               "scatter", "scatter_object_list", "monitored_barrier")
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "gather",
+    "gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "barrier",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "all_to_all_single",
+    "scatter",
+    "scatter_object_list",
+    "monitored_barrier",
+)
 
 
 def _counting(name: str, fn: Any, calls: list, step: dict, torch_dir: str, ours_dir: str) -> Any:

@@ -22,14 +22,34 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("mdq")
     generate(root / "src", BenchmarkSpec(num_clips=10, seed=3), eval_fraction=0.3, progress=False)
     for split in ("train", "eval"):
-        subprocess.run([sys.executable, "-m", "stts_train.cli", "data", "build", str(root / "src" / split),
-                        str(root / split)], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stts_train.cli",
+                "data",
+                "build",
+                str(root / "src" / split),
+                str(root / split),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
     return root
 
 
 def demo_job(path, *extra):
-    return load_config("configs/demo.yaml", [f"data.path={path}", "data.loader=sync", "packing.window_size=6",
-                                             "train.micro_batches_per_step=2", *extra])
+    return load_config(
+        "configs/demo.yaml",
+        [
+            f"data.path={path}",
+            "data.loader=sync",
+            "packing.window_size=6",
+            "train.micro_batches_per_step=2",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -47,10 +67,16 @@ def test_loader_rows_respect_budgets_and_resume_exactly(shards):
     assert after == again
     cfg = job.model
     for mb in first:
-        kept_llm = mb.input_ids_S.numel() - int((mb.input_ids_S == cfg.tokens.image_patch_id).sum()) // 2
-        assert kept_llm <= 600 + 10  # kept placeholders are half (keep 0.5) up to per-video rounding
+        kept_llm = (
+            mb.input_ids_S.numel() - int((mb.input_ids_S == cfg.tokens.image_patch_id).sum()) // 2
+        )
+        assert (
+            kept_llm <= 600 + 10
+        )  # kept placeholders are half (keep 0.5) up to per-video rounding
         assert mb.pixels_FNC.shape[0] * cfg.vit.num_patches <= job.packing.max_vit_patches
-        torch.testing.assert_close(mb.cu_seqlens_B1[-1].long(), torch.tensor(mb.input_ids_S.numel()))
+        torch.testing.assert_close(
+            mb.cu_seqlens_B1[-1].long(), torch.tensor(mb.input_ids_S.numel())
+        )
     model = Molmo2VLM(cfg).train()
     out = model(first[0])
     loss = single_batch_loss(out, cfg.stts.aux_loss_weight)
@@ -65,7 +91,9 @@ def _one_epoch(path: str) -> dict:
     from stts_train.errors import DataError
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    job = demo_job(path, "data.num_epochs=1", "packing.window_size=2", "train.micro_batches_per_step=1")
+    job = demo_job(
+        path, "data.num_epochs=1", "packing.window_size=2", "train.micro_batches_per_step=1"
+    )
     src = PipelineSource(job, rank, world)
     steps, stats, state_after_1 = [], [], None
     try:
@@ -80,8 +108,10 @@ def _one_epoch(path: str) -> dict:
     src.close()
     resumed = PipelineSource(job, rank, world)
     resumed.load_state_dict(state_after_1)
-    replay = [[(list(mb.sample_keys), mb.num_samples) for mb in resumed.next_microbatches(1 + i)]
-              for i in range(min(2, len(steps) - 1))]
+    replay = [
+        [(list(mb.sample_keys), mb.num_samples) for mb in resumed.next_microbatches(1 + i)]
+        for i in range(min(2, len(steps) - 1))
+    ]
     resumed.close()
     return {"steps": steps, "stats": stats, "replay": replay, "exhausted": exhausted}
 
@@ -98,17 +128,29 @@ def test_ranks_plan_globally_and_exchange_samples(shards, ranks):
     out = run_distributed_test(_one_epoch, ranks, (str(shards / "train"),), timeout_s=600)
     root = shards / "train"
     manifest = json.loads((root / "manifest.json").read_text())
-    expected = [s["key"] for shard in manifest["shards"] for s in json.loads((root / shard["index"]).read_text())["samples"]]
+    expected = [
+        s["key"]
+        for shard in manifest["shards"]
+        for s in json.loads((root / shard["index"]).read_text())["samples"]
+    ]
     assert len(expected) == manifest["num_samples"] >= 5
-    assert len({len(r["steps"]) for r in out}) == 1 and len(out[0]["steps"]) > 1  # lockstep, several steps
+    assert (
+        len({len(r["steps"]) for r in out}) == 1 and len(out[0]["steps"]) > 1
+    )  # lockstep, several steps
     keys = [k for r in out for step in r["steps"] for keys, _ in step for k in keys]
     assert sorted(keys) == sorted(expected) and len(set(keys)) == len(keys)
     for r in out:
-        assert all(n == len(k) for step in r["steps"] for k, n in step)  # padding rows count no samples
-        assert r["replay"] == r["steps"][1:1 + len(r["replay"])]
+        assert all(
+            n == len(k) for step in r["steps"] for k, n in step
+        )  # padding rows count no samples
+        assert r["replay"] == r["steps"][1 : 1 + len(r["replay"])]
         assert "exhausted" in r["exhausted"] and "data.num_epochs" in r["exhausted"]
-    assert all(r["stats"] == out[0]["stats"] for r in out)  # one plan, computed identically on every rank
-    assert all(0.0 <= s["moved_fraction"] <= 1.0 and s["planned_imbalance"] >= 0.0 for s in out[0]["stats"])
+    assert all(
+        r["stats"] == out[0]["stats"] for r in out
+    )  # one plan, computed identically on every rank
+    assert all(
+        0.0 <= s["moved_fraction"] <= 1.0 and s["planned_imbalance"] >= 0.0 for s in out[0]["stats"]
+    )
 
 
 @pytest.mark.slow
@@ -127,7 +169,10 @@ def test_eval_scores_choices_and_evidence(shards):
         results[pruner] = ev.result.summary()
     n = results["none"]["questions"]
     assert n == 6 and set(results["none"]["accuracy_per_type"]) == {"which", "direction"}
-    assert results["none"]["evidence_recall"] == 1.0 and results["none"]["visual_tokens_kept_ratio"] == 1.0
+    assert (
+        results["none"]["evidence_recall"] == 1.0
+        and results["none"]["visual_tokens_kept_ratio"] == 1.0
+    )
     for name in ("stts", "visionzip"):
         assert 0.4 <= results[name]["visual_tokens_kept_ratio"] <= 0.6
         assert 0.0 <= results[name]["evidence_recall"] <= 1.0
@@ -151,21 +196,62 @@ def test_train_streams_shards_from_s3(shards, tmp_path, moto_url, s3_bucket):
 
     env = dict(os.environ, WANDB_MODE="disabled")
     dest = f"s3://{s3_bucket}/mdq/train"
-    subprocess.run([sys.executable, "-m", "stts_train.cli", "data", "build", str(shards / "src" / "train"), dest,
-                    "--s3-endpoint-url", moto_url], check=True, capture_output=True, timeout=300, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stts_train.cli",
+            "data",
+            "build",
+            str(shards / "src" / "train"),
+            dest,
+            "--s3-endpoint-url",
+            moto_url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "stts_train.cli", "train", "configs/demo.yaml", f"train.run_dir={run_dir}",
-         f"data.path={dest}", f"data.s3_endpoint_url={moto_url}", "train.num_steps=2", "checkpoint.every=2",
-         "packing.window_size=4", "metrics.progress_bar=false"],
-        capture_output=True, text=True, timeout=900, env=env)
+        [
+            sys.executable,
+            "-m",
+            "stts_train.cli",
+            "train",
+            "configs/demo.yaml",
+            f"train.run_dir={run_dir}",
+            f"data.path={dest}",
+            f"data.s3_endpoint_url={moto_url}",
+            "train.num_steps=2",
+            "checkpoint.every=2",
+            "packing.window_size=4",
+            "metrics.progress_bar=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     steps = [r for r in rows if "train/loss" in r]
-    assert [r["step"] for r in steps] == [1, 2] and all(r["pruner/keep_ratio"] == 0.5 for r in steps)
-    assert all(0.0 <= r["data/moved_fraction"] <= 1.0 and r["data/planned_imbalance"] < 0.5 for r in steps)
+    assert [r["step"] for r in steps] == [1, 2] and all(
+        r["pruner/keep_ratio"] == 0.5 for r in steps
+    )
+    assert all(
+        0.0 <= r["data/moved_fraction"] <= 1.0 and r["data/planned_imbalance"] < 0.5 for r in steps
+    )
+
     def flat(x):
         return [k for item in x for k in flat(item)] if isinstance(x, list) else [x]
 
-    keys = flat([json.loads(line)["keys"] for line in (run_dir / "samples.jsonl").read_text().splitlines()])
+    keys = flat(
+        [json.loads(line)["keys"] for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    )
     assert keys and all(k.startswith("digits_") for k in keys)

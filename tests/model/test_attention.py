@@ -24,7 +24,9 @@ def dense_oracle(q, k, v, lengths, causal, key_bias=None, bidir=None):
     mask = torch.zeros(total, total).masked_fill(~allowed, float("-inf"))
     if key_bias is not None:
         mask = mask + key_bias[None, :]
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask
+    )
     return out.transpose(0, 1)
 
 
@@ -59,4 +61,6 @@ def test_key_bias_and_bidirectional(lengths):
 def test_gpu_backends_refused_on_cpu():
     q = torch.randn(4, 1, 8)
     with pytest.raises(ValueError, match="needs CUDA"):
-        packed_attention(q, q, q, torch.tensor([0, 4], dtype=torch.int32), causal=True, backend="flash")
+        packed_attention(
+            q, q, q, torch.tensor([0, 4], dtype=torch.int32), causal=True, backend="flash"
+        )

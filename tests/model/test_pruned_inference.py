@@ -34,7 +34,15 @@ def setup():
 
 def test_every_pruner_runs_end_to_end(setup):
     cfg, model, batch = setup
-    assert {"visionzip", "fastvid", "holitom", "stop_visionzip", "stop_fastvid", "stop_holitom", "random"} <= set(TRAINING_FREE)
+    assert {
+        "visionzip",
+        "fastvid",
+        "holitom",
+        "stop_visionzip",
+        "stop_fastvid",
+        "stop_holitom",
+        "random",
+    } <= set(TRAINING_FREE)
     text_tokens = int((batch.input_ids_S != cfg.tokens.image_patch_id).sum())
     g = cfg.groups_per_frame
     full = forward_with_pruner(model, batch, get_pruner("random"), keep_ratio=1.0)

@@ -12,7 +12,9 @@ from stts_train.pruning.budget import kept_groups, pruned_groups
 from stts_train.pruning.stts import layout_from_items, select_groups
 
 items_strategy = st.lists(
-    st.tuples(st.sampled_from([1, 2]), st.integers(min_value=2, max_value=9)), min_size=1, max_size=4
+    st.tuples(st.sampled_from([1, 2]), st.integers(min_value=2, max_value=9)),
+    min_size=1,
+    max_size=4,
 )
 
 
@@ -31,7 +33,9 @@ def test_selection_guarantees(groups, items, keep, seed, ties):
     gen = torch.Generator().manual_seed(seed)
     scores = torch.rand(sum(frames), groups, generator=gen)
     if ties:
-        scores = (scores * 4).floor() / 4  # many exact ties: the tie-break must still be deterministic
+        scores = (
+            scores * 4
+        ).floor() / 4  # many exact ties: the tie-break must still be deterministic
     keep_FG = select_groups(scores, layout)
     assert torch.equal(keep_FG, select_groups(scores.clone(), layout))
     start = 0
@@ -48,7 +52,12 @@ def test_selection_guarantees(groups, items, keep, seed, ties):
         start += n
 
 
-@given(groups=st.integers(1, 200), frames=st.integers(2, 300), num=st.integers(1, 99), den=st.sampled_from([10, 100, 3, 7]))
+@given(
+    groups=st.integers(1, 200),
+    frames=st.integers(2, 300),
+    num=st.integers(1, 99),
+    den=st.sampled_from([10, 100, 3, 7]),
+)
 def test_budget_is_exact_floor(groups, frames, num, den):
     keep = Fraction(num, den)
     if keep > 1:

@@ -72,7 +72,9 @@ def test_soft_bias_range_and_first_frame(cfg):
         out = model.vision.forward_embedded(x, layout, return_debug=True)
     bias = out.debug["bias_FG"]
     assert bool((bias <= 0).all()) and bool((bias >= -2 - 1e-6).all())
-    assert bool((bias[0] == 0).all()) and bool((bias[4] == 0).all()), "first frame and image get bias exactly 0"
+    assert bool((bias[0] == 0).all()) and bool((bias[4] == 0).all()), (
+        "first frame and image get bias exactly 0"
+    )
     side = int(cfg.groups_per_frame**0.5)
     rows = bias[1:4].view(3, side, side)
     assert torch.allclose(rows.amin(-1), torch.full_like(rows.amin(-1), -2.0), atol=1e-4)
@@ -113,7 +115,9 @@ def test_aux_gradient_paths(cfg):
     for i in range(cfg.vit.num_layers):
         block = sum(v for k, v in g.items() if k.startswith(f"vision.layers.{i}."))
         if i <= prune_at:
-            assert block > 0, f"block {i} <= prune_at gets aux gradient through the target and the scorer"
+            assert block > 0, (
+                f"block {i} <= prune_at gets aux gradient through the target and the scorer"
+            )
         else:
             assert block == 0, f"block {i} > prune_at must get no aux gradient"
     assert all(v == 0 for k, v in g.items() if k.startswith(("llm.", "connector.")))
@@ -136,7 +140,9 @@ def test_aux_loss_value_independent(cfg):
     model = build(cfg).train()
     batch = make_batch(cfg, [[(VIDEO, 4)], [(VIDEO, 3)]], seed=8)
     captured = {}
-    hook = model.vision.layers[cfg.stts.prune_at].register_forward_hook(lambda m, i, o: captured.setdefault("h", o))
+    hook = model.vision.layers[cfg.stts.prune_at].register_forward_hook(
+        lambda m, i, o: captured.setdefault("h", o)
+    )
     out = model(batch)
     hook.remove()
     hidden = captured["h"].detach().view(7, cfg.vit.num_patches, -1)
@@ -197,8 +203,12 @@ def test_batch_invariance(cfg):
     model = build(cfg).eval()
     alone = make_batch(cfg, [[(VIDEO, 4)]], seed=11)
     other = make_batch(cfg, [[(VIDEO, 3)], [(IMAGE, 1)]], seed=12)
-    together = make_batch(cfg, [[(VIDEO, 3)], [(IMAGE, 1)], [(VIDEO, 4)]], seed=11,
-                          pixels_FNC=torch.cat([other.pixels_FNC, alone.pixels_FNC]))
+    together = make_batch(
+        cfg,
+        [[(VIDEO, 3)], [(IMAGE, 1)], [(VIDEO, 4)]],
+        seed=11,
+        pixels_FNC=torch.cat([other.pixels_FNC, alone.pixels_FNC]),
+    )
     with torch.no_grad():
         a = model.vision(alone.pixels_FNC, model.frame_layout(alone))
         t = model.vision(together.pixels_FNC, model.frame_layout(together))
@@ -221,7 +231,9 @@ def test_keep_ratio_one_reproduces_unpruned_model(cfg):
     keep_all_cfg = with_stts(cfg, keep_ratio=1.0)
     keep_all = build(keep_all_cfg).eval()
     unpruned = Molmo2VLM(unpruned_cfg).eval()
-    unpruned.load_state_dict({k: v for k, v in keep_all.state_dict().items() if not k.startswith("vision.scorer.")})
+    unpruned.load_state_dict(
+        {k: v for k, v in keep_all.state_dict().items() if not k.startswith("vision.scorer.")}
+    )
     batch = make_batch(cfg, [[(VIDEO, 4), (IMAGE, 1)], [(VIDEO, 2)]], seed=14)
     with torch.no_grad():
         a = keep_all(batch, return_logits=True).logits

@@ -8,7 +8,13 @@ import pytest
 
 from stts_train.config import load_config
 from stts_train.errors import STTSError
-from stts_train.models.tokenizer import SubsetTokenizer, build_subset, load_tokenizer, qwen_tokenizer, subset_overrides
+from stts_train.models.tokenizer import (
+    SubsetTokenizer,
+    build_subset,
+    load_tokenizer,
+    qwen_tokenizer,
+    subset_overrides,
+)
 
 
 def test_known_qwen_ids_and_round_trip():
@@ -17,10 +23,19 @@ def test_known_qwen_ids_and_round_trip():
     assert tok.encode(" world", add_special_tokens=False).ids == [1879]
     assert tok.token_to_id("<|im_start|>") == 151644 and tok.token_to_id("<|im_end|>") == 151645
     # Molmo2's extra tokens sit where transformers' Molmo2Config expects them
-    assert [tok.token_to_id(t) for t in ("<im_start>", "<im_end>", "<im_patch>", "<frame_start>", "<frame_end>")] == [
-        151936, 151937, 151938, 151943, 151944]
-    for text in ["naïve café 北京 12.5", "<|im_start|>user\n<frame_start><im_patch><frame_end>?<|im_end|>", "  spaces\n\n"]:
-        assert tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False) == text
+    assert [
+        tok.token_to_id(t)
+        for t in ("<im_start>", "<im_end>", "<im_patch>", "<frame_start>", "<frame_end>")
+    ] == [151936, 151937, 151938, 151943, 151944]
+    for text in [
+        "naïve café 北京 12.5",
+        "<|im_start|>user\n<frame_start><im_patch><frame_end>?<|im_end|>",
+        "  spaces\n\n",
+    ]:
+        assert (
+            tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False)
+            == text
+        )
 
 
 def test_subset_tokenizer_matches_full_tokenization(tmp_path):

@@ -15,7 +15,10 @@ from stts_train.train.loss import StepLoss
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+    return {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }
 
 
 def test_packed_row_equals_one_by_one(tiny_model_cfg, make_sample):
@@ -42,7 +45,10 @@ def test_packed_row_equals_one_by_one(tiny_model_cfg, make_sample):
     packed_grads = _grads(model)
 
     groups = cfg.groups_per_frame
-    weights = [sum((t - 1) * groups for m, t in zip(s.item_modality, s.item_frames) if m == 2) for s in samples]
+    weights = [
+        sum((t - 1) * groups for m, t in zip(s.item_modality, s.item_frames) if m == 2)
+        for s in samples
+    ]
     model.zero_grad()
     ce_terms, aux_terms = [], []
     for s, w in zip(samples, weights):
@@ -53,12 +59,16 @@ def test_packed_row_equals_one_by_one(tiny_model_cfg, make_sample):
     reference.backward()
     ref_grads = _grads(model)
 
-    torch.testing.assert_close(packed.ce_sum, sum(t * total_loss_tokens for t in ce_terms), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        packed.ce_sum, sum(t * total_loss_tokens for t in ce_terms), rtol=1e-5, atol=1e-5
+    )
     torch.testing.assert_close(packed_loss, reference, rtol=1e-5, atol=1e-5)
     assert int(packed.num_loss_tokens) == sum(s.meta.num_loss_tokens for s in samples)
     nonzero = 0
     for name, g in packed_grads.items():
-        torch.testing.assert_close(g, ref_grads[name], rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            g, ref_grads[name], rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
         nonzero += int(g.abs().sum() > 0)
     assert nonzero > len(packed_grads) // 2  # the comparison is not vacuous
     scorer = [g for n, g in packed_grads.items() if ".scorer." in f".{n}"]

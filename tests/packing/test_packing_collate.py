@@ -49,7 +49,10 @@ def test_collate_plan_keeps_every_rank_row(tiny_model_cfg, make_sample):
     loss_tokens = [[int((mb.labels_S != -100).sum()) for mb in rank] for rank in batches]
     planned = [[sum(samples[i].meta.num_loss_tokens for i in row) for row in r] for r in ranks]
     assert loss_tokens == planned
-    assert [[mb.sample_keys for mb in rank] for rank in batches] == [[["0", "1"], ["2"]], [["3"], ["4", "5"]]]
+    assert [[mb.sample_keys for mb in rank] for rank in batches] == [
+        [["0", "1"], ["2"]],
+        [["3"], ["4", "5"]],
+    ]
 
 
 def test_validation_catches_inconsistent_samples(tiny_model_cfg, make_sample):

@@ -39,8 +39,12 @@ def test_pruning_cuts_vit_after_the_pruning_point_only():
     block = 2 * (4 * d * d + 2 * d * i)
     embed = 2 * cfg.vit.patch_dim * d
     patches, kept = 64 * 729, 2592 * 9
-    assert half["vit_linear"] == pytest.approx(patches * embed + block * (pre * patches + post * kept))
-    assert full["vit_linear"] == pytest.approx(patches * embed + block * cfg.vit.num_layers * patches)
+    assert half["vit_linear"] == pytest.approx(
+        patches * embed + block * (pre * patches + post * kept)
+    )
+    assert full["vit_linear"] == pytest.approx(
+        patches * embed + block * cfg.vit.num_layers * patches
+    )
     assert half["connector"] == pytest.approx(full["connector"] * 2592 / 5184)
     assert half["llm_linear"] < full["llm_linear"] and half["vit_attention"] < full["vit_attention"]
     assert half["scorer"] > 0
@@ -53,13 +57,27 @@ def test_images_are_not_pruned():
 
 def test_fit_weights_recovers_known_weights():
     cm = model()
-    truth = CostWeights(vit_linear=2.0, scorer=2.0, connector=2.0, vit_attention=5.0,
-                        llm_linear=1.0, lm_head=1.0, llm_attention=3.0)
+    truth = CostWeights(
+        vit_linear=2.0,
+        scorer=2.0,
+        connector=2.0,
+        vit_attention=5.0,
+        llm_linear=1.0,
+        lm_head=1.0,
+        llm_attention=3.0,
+    )
     records = []
     for frames, text in [(8, 100), (32, 2000), (128, 50), (64, 500), (16, 6000), (200, 300)]:
         for keep in (1.0, 0.5):
-            b = model(keep).breakdown(SampleMeta(key="x", modalities=(2,), frames=(frames,), num_text_tokens=text,
-                                                 num_loss_tokens=text // 4))
+            b = model(keep).breakdown(
+                SampleMeta(
+                    key="x",
+                    modalities=(2,),
+                    frames=(frames,),
+                    num_text_tokens=text,
+                    num_loss_tokens=text // 4,
+                )
+            )
             seconds = sum(getattr(truth, k) * b[k] for k in COMPONENTS) * 1e-15
             records.append((b, seconds))
     fitted = fit_weights(records)

@@ -24,10 +24,14 @@ def geom(keep: float) -> Geometry:
     return Geometry.from_model_config(ModelConfig(stts=SttsConfig(keep_ratio=keep)))
 
 
-@pytest.mark.parametrize("frames, keep, kept", [(64, 0.5, 2592), (128, 0.5, 5184), (64, 0.7, 3629), (64, 1.0, 5184)])
+@pytest.mark.parametrize(
+    "frames, keep, kept", [(64, 0.5, 2592), (128, 0.5, 5184), (64, 0.7, 3629), (64, 1.0, 5184)]
+)
 def test_spec_budget_examples(frames, keep, kept):
     g = geom(keep)
-    meta = SampleMeta(key="v", modalities=(2,), frames=(frames,), num_text_tokens=300, num_loss_tokens=10)
+    meta = SampleMeta(
+        key="v", modalities=(2,), frames=(frames,), num_text_tokens=300, num_loss_tokens=10
+    )
     assert llm_tokens(meta, g) == 300 + kept
     assert llm_tokens_pre(meta, g) == 300 + 81 * frames
     assert vit_tokens_pre(meta, g) == 729 * frames

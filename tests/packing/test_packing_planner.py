@@ -49,7 +49,15 @@ def sample_metas(draw, max_size: int = 120):
             items, frames = (1,), (1,)
         else:
             items, frames = (), ()
-        out.append(SampleMeta(key=f"k{i}", modalities=items, frames=frames, num_text_tokens=text, num_loss_tokens=loss))
+        out.append(
+            SampleMeta(
+                key=f"k{i}",
+                modalities=items,
+                frames=frames,
+                num_text_tokens=text,
+                num_loss_tokens=loss,
+            )
+        )
     return out
 
 
@@ -75,8 +83,13 @@ def check_plan(plan, pool: PoolArrays, cfg: PackingConfig, num_ranks: int) -> No
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(metas=sample_metas(), num_ranks=st.integers(1, 9), algorithm=st.sampled_from(ALGORITHMS),
-       seed=st.integers(0, 3), flush=st.booleans())
+@given(
+    metas=sample_metas(),
+    num_ranks=st.integers(1, 9),
+    algorithm=st.sampled_from(ALGORITHMS),
+    seed=st.integers(0, 3),
+    flush=st.booleans(),
+)
 def test_plan_invariants(metas, num_ranks, algorithm, seed, flush):
     cfg = packing_cfg(seed=seed)
     pool = PoolArrays.from_metas(metas, COST)
@@ -87,15 +100,26 @@ def test_plan_invariants(metas, num_ranks, algorithm, seed, flush):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(windows=st.lists(sample_metas(max_size=60), min_size=1, max_size=4), num_ranks=st.integers(1, 6),
-       algorithm=st.sampled_from(ALGORITHMS))
+@given(
+    windows=st.lists(sample_metas(max_size=60), min_size=1, max_size=4),
+    num_ranks=st.integers(1, 6),
+    algorithm=st.sampled_from(ALGORITHMS),
+)
 def test_streaming_never_drops(windows, num_ranks, algorithm):
     cfg = packing_cfg()
     planner = StreamingPlanner(cfg, COST, num_ranks, algorithm, SMALL_KNAPSACK)
     seen, placed = [], []
     for w, metas in enumerate(windows):
-        metas = [SampleMeta(key=f"w{w}-{m.key}", modalities=m.modalities, frames=m.frames,
-                            num_text_tokens=m.num_text_tokens, num_loss_tokens=m.num_loss_tokens) for m in metas]
+        metas = [
+            SampleMeta(
+                key=f"w{w}-{m.key}",
+                modalities=m.modalities,
+                frames=m.frames,
+                num_text_tokens=m.num_text_tokens,
+                num_loss_tokens=m.num_loss_tokens,
+            )
+            for m in metas
+        ]
         seen += [m.key for m in metas]
         plan, pool_metas, pool = planner.plan(metas)
         check_plan(plan, pool, cfg, num_ranks)
@@ -106,7 +130,10 @@ def test_streaming_never_drops(windows, num_ranks, algorithm):
 
 
 def test_balanced_places_every_sample_when_all_are_forced():
-    metas = [SampleMeta(key=str(i), modalities=(2,), frames=(4 + i % 5,), num_text_tokens=50) for i in range(64)]
+    metas = [
+        SampleMeta(key=str(i), modalities=(2,), frames=(4 + i % 5,), num_text_tokens=50)
+        for i in range(64)
+    ]
     pool = PoolArrays.from_metas(metas, COST)
     plan = plan_balanced(pool, 4, packing_cfg())  # default: every sample forced, never waits
     assert plan.carried_over == []
@@ -155,7 +182,11 @@ def test_balanced_meets_targets_on_a_realistic_trace():
             assert results[w]["imbalance"] < baseline["imbalance"]
     for m in results.values():
         assert m is not None
-        assert m["padding_waste_llm"] <= 0.01 and m["padding_waste_vit"] <= 0.02 and m["imbalance"] <= 0.02
+        assert (
+            m["padding_waste_llm"] <= 0.01
+            and m["padding_waste_vit"] <= 0.02
+            and m["imbalance"] <= 0.02
+        )
 
 
 # -- live training: closed windows and locality ---------------------------------------------------
@@ -164,7 +195,9 @@ def test_balanced_meets_targets_on_a_realistic_trace():
 def test_closed_window_places_every_sample_once(metas, num_ranks, seed, data):
     cfg = packing_cfg(seed=seed)
     pool = PoolArrays.from_metas(metas, COST)
-    home = data.draw(st.none() | st.lists(st.integers(0, num_ranks - 1), min_size=len(pool), max_size=len(pool)))
+    home = data.draw(
+        st.none() | st.lists(st.integers(0, num_ranks - 1), min_size=len(pool), max_size=len(pool))
+    )
     plan = plan_closed_window(pool, num_ranks, cfg, home=home)
     check_plan(plan, pool, cfg, num_ranks)
     assert plan.carried_over == [] and sorted(plan.placed()) == list(range(len(pool)))
@@ -185,16 +218,28 @@ def test_closed_window_keeps_balance_on_a_realistic_trace():
         n = 64 * num_ranks
         pool = PoolArrays.from_metas(generate_trace(n, 11, window * 4096), COST)
         home = [i // 64 for i in range(n)]
-        ffd = plan_metrics(plan_window(pool, num_ranks, cfg, PPF, "ffd", flush=True), pool, COST, cfg)
+        ffd = plan_metrics(
+            plan_window(pool, num_ranks, cfg, PPF, "ffd", flush=True), pool, COST, cfg
+        )
         closed = plan_metrics(plan_closed_window(pool, num_ranks, cfg), pool, COST, cfg)
         assert closed["imbalance"] <= 0.02 and closed["imbalance"] < ffd["imbalance"], (closed, ffd)
         assert closed["padding_waste_llm"] <= 0.01 and closed["padding_waste_vit"] <= 0.02, closed
         local = plan_closed_window(pool, num_ranks, cfg, home=home)
         at_home = plan_metrics(local, pool, COST, cfg)
-        assert at_home["imbalance"] <= 0.02 and at_home["imbalance"] < ffd["imbalance"], (at_home, ffd)
-        assert at_home["padding_waste_llm"] <= 0.02 and at_home["padding_waste_vit"] <= 0.03, at_home
-        moved = sum(int(pool.vit_patches[i]) for r, rank in enumerate(local.ranks) for row in rank for i in row
-                    if home[i] != r)
+        assert at_home["imbalance"] <= 0.02 and at_home["imbalance"] < ffd["imbalance"], (
+            at_home,
+            ffd,
+        )
+        assert at_home["padding_waste_llm"] <= 0.02 and at_home["padding_waste_vit"] <= 0.03, (
+            at_home
+        )
+        moved = sum(
+            int(pool.vit_patches[i])
+            for r, rank in enumerate(local.ranks)
+            for row in rank
+            for i in row
+            if home[i] != r
+        )
         assert moved <= 0.15 * int(pool.vit_patches.sum())
 
 
@@ -212,8 +257,9 @@ def test_assign_window_places_every_sample_once(prefer_home):
     from stts_train.bench.packing import budgets_for, generate_trace
 
     max_llm, max_vit = budgets_for(0.5)
-    cfg = PackingConfig(max_llm_tokens=max_llm, max_vit_patches=max_vit,
-                        prefer_home_rank=prefer_home)
+    cfg = PackingConfig(
+        max_llm_tokens=max_llm, max_vit_patches=max_vit, prefer_home_rank=prefer_home
+    )
     pool = PoolArrays.from_metas(generate_trace(4 * 32, 3), COST)
     home = [i // 32 for i in range(len(pool))]
     ranks = assign_window(pool, home, 4, cfg)
@@ -234,7 +280,9 @@ def test_relabel_for_locality_permutes_whole_ranks_and_keeps_more_at_home(num_ra
     assert sorted(map(str, out)) == sorted(map(str, ranks))  # a permutation of whole ranks
 
     def at_home(plan):
-        return sum(weight[i] for r, rank in enumerate(plan) for row in rank for i in row if home[i] == r)
+        return sum(
+            weight[i] for r, rank in enumerate(plan) for row in rank for i in row if home[i] == r
+        )
 
     # optimal over all relabellings (brute force for small rank counts)
     from itertools import permutations
@@ -250,11 +298,21 @@ def test_relabel_for_locality_permutes_whole_ranks_and_keeps_more_at_home(num_ra
 def test_swap_for_locality_keeps_budgets_and_balance(metas, num_ranks, data):
     cfg = packing_cfg(balance_tolerance=data.draw(st.sampled_from([0.0, 0.002, 0.05])))
     # near-duplicates give the swap something to do
-    metas = metas + [SampleMeta(key=m.key + "b", modalities=m.modalities, frames=m.frames,
-                                num_text_tokens=m.num_text_tokens, num_loss_tokens=m.num_loss_tokens) for m in metas]
+    metas = metas + [
+        SampleMeta(
+            key=m.key + "b",
+            modalities=m.modalities,
+            frames=m.frames,
+            num_text_tokens=m.num_text_tokens,
+            num_loss_tokens=m.num_loss_tokens,
+        )
+        for m in metas
+    ]
     pool = PoolArrays.from_metas(metas, COST)
     plan = plan_closed_window(pool, num_ranks, cfg)
-    home = data.draw(st.lists(st.integers(0, num_ranks - 1), min_size=len(pool), max_size=len(pool)))
+    home = data.draw(
+        st.lists(st.integers(0, num_ranks - 1), min_size=len(pool), max_size=len(pool))
+    )
     out = swap_for_locality(plan.ranks, home, pool, cfg)
     swapped = type(plan)(plan.algorithm, out, [])
     check_plan(swapped, pool, cfg, num_ranks)
@@ -268,7 +326,9 @@ def test_swap_for_locality_keeps_budgets_and_balance(metas, num_ranks, data):
     for stage in (0, 1):
         before, after = rank_cost(plan.ranks, stage), rank_cost(out, stage)
         scale = before.sum() / num_ranks if before.sum() > 0 else 1.0
-        assert np.all(np.abs(after - before) <= (cfg.balance_tolerance + 1e-9) * scale)  # float summation order
+        assert np.all(
+            np.abs(after - before) <= (cfg.balance_tolerance + 1e-9) * scale
+        )  # float summation order
 
     def at_home(ranks):
         return sum(home[i] == r for r, rank in enumerate(ranks) for row in rank for i in row)
@@ -278,7 +338,9 @@ def test_swap_for_locality_keeps_budgets_and_balance(metas, num_ranks, data):
 
 
 def test_swap_for_locality_sends_equal_samples_home():
-    metas = [SampleMeta(key=str(i), modalities=(2,), frames=(8,), num_text_tokens=40) for i in range(16)]
+    metas = [
+        SampleMeta(key=str(i), modalities=(2,), frames=(8,), num_text_tokens=40) for i in range(16)
+    ]
     pool = PoolArrays.from_metas(metas, COST)
     ranks = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[8, 9, 10, 11], [12, 13, 14, 15]]]
     home = [1] * 8 + [0] * 8  # everything planned on the other rank
@@ -291,8 +353,10 @@ def test_closed_window_with_homes_keeps_equal_samples_home_and_even(num_ranks):
     """Identical samples, equally many on every rank (the demo's case): the rows' targets leave a
     few samples over, and that overflow must spread over ranks, not pile onto one."""
     per_rank = 32
-    metas = [SampleMeta(key=str(i), modalities=(2,), frames=(8,), num_text_tokens=100, num_loss_tokens=2)
-             for i in range(per_rank * num_ranks)]
+    metas = [
+        SampleMeta(key=str(i), modalities=(2,), frames=(8,), num_text_tokens=100, num_loss_tokens=2)
+        for i in range(per_rank * num_ranks)
+    ]
     pool = PoolArrays.from_metas(metas, COST)
     home = [i // per_rank for i in range(len(metas))]
     cfg = packing_cfg(max_llm_tokens=1024, max_vit_patches=8 * PPF * 12)

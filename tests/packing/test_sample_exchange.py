@@ -19,8 +19,10 @@ def _exchange_worker() -> dict:
     ex = SampleExchange(None, rank, size)
     # rank r sends r+1 tensors to every higher rank and nothing to lower ones (one-way pairs);
     # rank 0 additionally sends a large payload to rank 2
-    outbox = {peer: [torch.full((3, 4), float(10 * rank + peer)) for _ in range(rank + 1)]
-              for peer in range(rank + 1, size)}
+    outbox = {
+        peer: [torch.full((3, 4), float(10 * rank + peer)) for _ in range(rank + 1)]
+        for peer in range(rank + 1, size)
+    }
     if rank == 0:
         outbox[2].append(torch.arange(1_000_000, dtype=torch.float32))
     got = ex.exchange(outbox)

@@ -46,7 +46,9 @@ def resolve_backend(requested: str, device: torch.device) -> str:
         raise ValueError(f"attention backend {requested!r} is not one of {BACKENDS}")
     if device.type != "cuda":
         if requested in ("flash", "torch_varlen"):
-            raise ValueError(f"attention backend {requested!r} needs CUDA; use 'auto' or 'sdpa_loop' on {device}")
+            raise ValueError(
+                f"attention backend {requested!r} needs CUDA; use 'auto' or 'sdpa_loop' on {device}"
+            )
         return "sdpa_loop"
     if requested == "auto":
         if _flash_varlen() is not None:
@@ -55,7 +57,9 @@ def resolve_backend(requested: str, device: torch.device) -> str:
             return "torch_varlen"
         return "sdpa_loop"
     if requested == "flash" and _flash_varlen() is None:
-        raise ValueError("attention backend 'flash' requested but flash-attn is not installed (pip install 'stts-train[gpu]')")
+        raise ValueError(
+            "attention backend 'flash' requested but flash-attn is not installed (pip install 'stts-train[gpu]')"
+        )
     return requested
 
 
@@ -127,7 +131,9 @@ def packed_attention(
     if chosen == "torch_varlen" and not needs_mask:
         cu = cu_seqlens.to(torch.int32)
         k_SHD, v_SHD = _expand_kv(k_SHD, num_heads), _expand_kv(v_SHD, num_heads)
-        return _torch_varlen()(q_SHD, k_SHD, v_SHD, cu, cu, max_seqlen, max_seqlen, is_causal=causal)
+        return _torch_varlen()(
+            q_SHD, k_SHD, v_SHD, cu, cu, max_seqlen, max_seqlen, is_causal=causal
+        )
     return _sdpa_loop(q_SHD, k_SHD, v_SHD, lengths, causal, key_bias_S, bidirectional_S)
 
 
@@ -143,7 +149,12 @@ def _sdpa_loop(
     num_heads = q_SHD.shape[1]
     k_SHD, v_SHD = _expand_kv(k_SHD, num_heads), _expand_kv(v_SHD, num_heads)
     nonempty = [n for n in lengths if n > 0]
-    if nonempty and len(set(nonempty)) == 1 and len(nonempty) == len(lengths) and bidirectional_S is None:
+    if (
+        nonempty
+        and len(set(nonempty)) == 1
+        and len(nonempty) == len(lengths)
+        and bidirectional_S is None
+    ):
         # Equal lengths (e.g. every ViT frame before pruning): one batched call, same math.
         n = nonempty[0]
         q_BHLD = q_SHD.view(len(lengths), n, num_heads, -1).transpose(1, 2)
@@ -153,7 +164,9 @@ def _sdpa_loop(
         if key_bias_S is not None:
             mask = key_bias_S.view(len(lengths), 1, 1, n).to(q_SHD.dtype)
             if causal:
-                causal_LL = torch.full((n, n), float("-inf"), dtype=q_SHD.dtype, device=q_SHD.device).triu(1)
+                causal_LL = torch.full(
+                    (n, n), float("-inf"), dtype=q_SHD.dtype, device=q_SHD.device
+                ).triu(1)
                 mask = mask + causal_LL
         out_BHLD = F.scaled_dot_product_attention(
             q_BHLD, k_BHLD, v_BHLD, attn_mask=mask, is_causal=causal and mask is None
@@ -163,17 +176,23 @@ def _sdpa_loop(
     # backward would materialise and add a full-size zero gradient (O(B * S) per block).
     outputs = []
     bias_parts = key_bias_S.split(lengths) if key_bias_S is not None else [None] * len(lengths)
-    bidir_parts = bidirectional_S.split(lengths) if bidirectional_S is not None else [None] * len(lengths)
-    for q, k, v, bias, bidir in zip(q_SHD.split(lengths), k_SHD.split(lengths), v_SHD.split(lengths),
-                                    bias_parts, bidir_parts):
+    bidir_parts = (
+        bidirectional_S.split(lengths) if bidirectional_S is not None else [None] * len(lengths)
+    )
+    for q, k, v, bias, bidir in zip(
+        q_SHD.split(lengths), k_SHD.split(lengths), v_SHD.split(lengths), bias_parts, bidir_parts
+    ):
         n = q.shape[0]
         if n == 0:
             outputs.append(q)
             continue
         mask = _sequence_mask(n, causal, bias, bidir, q_SHD.dtype, q_SHD.device)
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-            attn_mask=mask, is_causal=causal and mask is None,
+            q.transpose(0, 1).unsqueeze(0),
+            k.transpose(0, 1).unsqueeze(0),
+            v.transpose(0, 1).unsqueeze(0),
+            attn_mask=mask,
+            is_causal=causal and mask is None,
         )
         outputs.append(out[0].transpose(0, 1))
     if not outputs:
