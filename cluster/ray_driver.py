@@ -1,6 +1,6 @@
 """Entrypoint of a Ray job submitted by `stts-train submit --cluster ray` (runs on the cluster).
 
-    python -m cluster.ray_driver        # spec in $STTS_SUBMIT_SPEC (JSON), set by cluster/ray_jobs.py
+    python -m cluster.ray_driver    # spec in $STTS_SUBMIT_SPEC (JSON), set by cluster/ray_jobs.py
 
 Starts one Ray actor per rank in a placement group, takes the rendezvous (rank 0's node address
 and a free port there) from the actors themselves, and has every actor run the same training

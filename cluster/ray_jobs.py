@@ -100,8 +100,9 @@ def runtime_env(cfg: Any, spec: dict[str, Any]) -> dict[str, Any]:
     working_dir = Path(r.working_dir).resolve()
     if not (working_dir / "cluster" / "ray_driver.py").is_file():
         raise RayJobError(
-            f"cluster.ray.working_dir={r.working_dir} ({working_dir}) is not the stts-train checkout "
-            "(no cluster/ray_driver.py); run from the checkout or set cluster.ray.working_dir"
+            f"cluster.ray.working_dir={r.working_dir} ({working_dir}) is not the stts-train "
+            "checkout (no cluster/ray_driver.py); run from the checkout or set "
+            "cluster.ray.working_dir"
         )
     env: dict[str, Any] = {
         "working_dir": str(working_dir),

@@ -63,8 +63,9 @@ def ranks_per_node(cfg: Any) -> int:
     num_ranks = cfg.parallel.num_ranks
     if num_ranks % s.nodes:
         raise SlurmError(
-            f"parallel.num_ranks={num_ranks} does not split evenly over cluster.slurm.nodes={s.nodes}; "
-            "set cluster.slurm.ntasks_per_node or change one of them"
+            f"parallel.num_ranks={num_ranks} does not split evenly over "
+            f"cluster.slurm.nodes={s.nodes}; set cluster.slurm.ntasks_per_node or change one "
+            "of them"
         )
     return num_ranks // s.nodes
 
@@ -138,7 +139,8 @@ def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     except FileNotFoundError as e:
         raise SlurmError(
-            f"{argv[0]} not found: install the Slurm client (Debian: slurm-client) or run on a login node"
+            f"{argv[0]} not found: install the Slurm client (Debian: slurm-client) or run on a "
+            "login node"
         ) from e
     if check and out.returncode != 0:
         raise SlurmError(f"`{' '.join(argv)}` failed ({out.returncode}): {out.stderr.strip()}")

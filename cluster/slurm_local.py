@@ -49,7 +49,8 @@ class LocalSlurm:
 
     # -- configuration --------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        """Environment for Slurm client commands (sbatch, squeue, scontrol) aimed at this cluster."""
+        """Environment for Slurm client commands (sbatch, squeue, scontrol) aimed at this
+        cluster."""
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def _write_files(self) -> None:

@@ -58,8 +58,8 @@ class FailureTracker:
         if self.consecutive > self.max_consecutive:
             raise DataError(
                 f"{self.where}: {self.consecutive} consecutive bad samples (limit "
-                f"data.max_consecutive_failures={self.max_consecutive}); last was {key!r} "
-                f"({kind}: {message}). Run `stts-train data verify` on the dataset, or raise the limit"
+                f"data.max_consecutive_failures={self.max_consecutive}); last was {key!r} ({kind}: "
+                f"{message}). Run `stts-train data verify` on the dataset, or raise the limit"
             )
 
     def metrics(self) -> dict[str, int]:

@@ -73,7 +73,8 @@ def run_distributed_test(
     env: dict[str, str] | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> list[Any]:
-    """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return the per-rank results (rank order)."""
+    """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return the per-rank results (rank
+    order)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()

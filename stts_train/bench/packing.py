@@ -191,7 +191,8 @@ def run_setting(algorithm: str, keep: float, dp: int, args: argparse.Namespace) 
 def run_live_setting(keep: float, dp: int, args: argparse.Namespace, prefer_home: bool) -> dict:
     """The live loader's plan (`stts_train.data.loader`): every rank holds `--live-window` decoded
     samples, the union is planned whole (nothing carried), and samples stay on their rank where the
-    balance allows (`prefer_home`) or placement ignores where they are (then ranks are relabelled)."""
+    balance allows (`prefer_home`) or placement ignores where they are (then ranks are
+    relabelled)."""
     import numpy as np
 
     from stts_train.bench.planners import plan_metrics
@@ -285,18 +286,20 @@ def run(args: argparse.Namespace) -> int:
                 r = run_setting(algo, keep, dp, args)
                 results.append(r)
                 print(
-                    f"keep={keep} dp={dp:>3} {algo:>14}: waste llm {r['padding_waste_llm']:.4f} vit "
-                    f"{r['padding_waste_vit']:.4f} imbalance mean {r['imbalance_mean']:.4f} p95 "
-                    f"{r['imbalance_p95']:.4f} carried {r['carried_over']:.1f} plan {r['planner_ms']:.1f} ms",
+                    f"keep={keep} dp={dp:>3} {algo:>14}: waste llm {r['padding_waste_llm']:.4f} "
+                    f"vit {r['padding_waste_vit']:.4f} imbalance mean {r['imbalance_mean']:.4f} "
+                    f"p95 {r['imbalance_p95']:.4f} carried {r['carried_over']:.1f} plan "
+                    f"{r['planner_ms']:.1f} ms",
                     flush=True,
                 )
             for prefer_home in (True, False):
                 r = run_live_setting(keep, dp, args, prefer_home)
                 live.append(r)
                 print(
-                    f"    live {r['mode']}: waste llm {r['padding_waste_llm']:.4f} vit {r['padding_waste_vit']:.4f} "
-                    f"imbalance p95 {r['imbalance_p95']:.4f} moved samples {r['moved_samples']:.3f} "
-                    f"patches {r['moved_vit_patches']:.3f} plan {r['planner_ms']:.1f} ms",
+                    f"    live {r['mode']}: waste llm {r['padding_waste_llm']:.4f} vit "
+                    f"{r['padding_waste_vit']:.4f} imbalance p95 {r['imbalance_p95']:.4f} moved "
+                    f"samples {r['moved_samples']:.3f} patches {r['moved_vit_patches']:.3f} plan "
+                    f"{r['planner_ms']:.1f} ms",
                     flush=True,
                 )
     out = Path(args.out)
@@ -314,27 +317,49 @@ def run(args: argparse.Namespace) -> int:
         },
         "model": "ModelConfig() defaults (Molmo2-4B geometry), keep ratio per setting",
         "definitions": {
-            "padding_waste_llm/vit": "1 - useful modelled cost / cost paid in that stage when ranks run "
-            "micro-batch j in lockstep (each pays for the largest row at j), "
-            "incl. in-row padding (pad_to_longest); mean over windows",
-            "padding_waste_llm_tokens/vit_patches": "the same, counted in tokens / patches instead of cost",
-            "fill_llm/vit": "tokens (patches) used / (rows x budget); rows are varlen, unused budget costs nothing",
-            "imbalance": "max rank cost / mean rank cost - 1, per window; mean and p95 over windows",
-            "carried_over": "samples carried into the next window (mean over all windows, incl. windows where "
-            "the balanced planner waits for more samples and carries all of them)",
+            "padding_waste_llm/vit": (
+                "1 - useful modelled cost / cost paid in that stage when ranks run micro-batch j "
+                "in lockstep (each pays for the largest row at j), incl. in-row padding "
+                "(pad_to_longest); mean over windows"
+            ),
+            "padding_waste_llm_tokens/vit_patches": (
+                "the same, counted in tokens / patches instead of cost"
+            ),
+            "fill_llm/vit": (
+                "tokens (patches) used / (rows x budget); rows are varlen, "
+                "unused budget costs nothing"
+            ),
+            "imbalance": (
+                "max rank cost / mean rank cost - 1, per window; mean and p95 over windows"
+            ),
+            "carried_over": (
+                "samples carried into the next window (mean over all windows, incl. windows where "
+                "the balanced planner waits for more samples and carries all of them)"
+            ),
             "planner_ms": "wall time of planning one window (carry + new samples), mean",
-            "planner_ms_512": "wall time of planning a fresh 512-sample window (no carry), median of 3",
+            "planner_ms_512": (
+                "wall time of planning a fresh 512-sample window (no carry), median of 3"
+            ),
             "windows_with_rows": "windows that emitted a step (waste and imbalance are over these)",
         },
         "results": results,
         "live": live,
         "live_definitions": {
-            "what": "the training loader's plan: each rank holds samples_per_rank decoded samples, the union "
-            "is planned whole (nothing carried, so a checkpoint needs only the window start)",
-            "prefer_home_rank": "a sample stays on the rank holding it when a row there fits it within the "
-            "balance tolerance (packing.prefer_home_rank, the default)",
-            "balance_first": "placement ignores where samples are; ranks are then relabelled for locality",
-            "moved_samples / moved_vit_patches": "fraction of samples / of ViT patches sent to another rank",
+            "what": (
+                "the training loader's plan: each rank holds samples_per_rank decoded samples, "
+                "the union is planned whole (nothing carried, so a checkpoint needs only the "
+                "window start)"
+            ),
+            "prefer_home_rank": (
+                "a sample stays on the rank holding it when a row there fits it within the "
+                "balance tolerance (packing.prefer_home_rank, the default)"
+            ),
+            "balance_first": (
+                "placement ignores where samples are; ranks are then relabelled for locality"
+            ),
+            "moved_samples / moved_vit_patches": (
+                "fraction of samples / of ViT patches sent to another rank"
+            ),
             "planner_ms": "plan + locality steps for the whole window (all ranks' samples), mean",
         },
     }

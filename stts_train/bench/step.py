@@ -249,9 +249,10 @@ def run(args: argparse.Namespace) -> int:
     plot(report, out.with_suffix(".png"))
     for r in report["results"]:
         print(
-            f"{r['mode']:8s} frames={r['frames']:4d} keep={r['keep_ratio']:.2f} {1000 * r['seconds_median']:9.1f} ms "
-            f"speed-up {r['speedup_measured']:.2f}x (FLOP-predicted {r['speedup_predicted']:.2f}x, "
-            f"ratio {r['measured_over_predicted']:.2f})"
+            f"{r['mode']:8s} frames={r['frames']:4d} keep={r['keep_ratio']:.2f} "
+            f"{1000 * r['seconds_median']:9.1f} ms speed-up {r['speedup_measured']:.2f}x "
+            f"(FLOP-predicted {r['speedup_predicted']:.2f}x, ratio "
+            f"{r['measured_over_predicted']:.2f})"
         )
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -1,4 +1,5 @@
-"""`stts-train bench {step,packing,decode}`: benchmarks that write JSON (+ PNG) under bench/results/."""
+"""`stts-train bench {step,packing,decode}`: benchmarks that write JSON (+ PNG) under
+bench/results/."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks (JSON + PNG under bench/results/)",
-        description="Benchmarks; each writes a JSON file with the machine description and a PNG plot.",
+        description=(
+            "Benchmarks; each writes a JSON file with the machine description and a PNG plot."
+        ),
     )
     bench_sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, (module_name, help_text) in BENCHMARKS.items():
@@ -33,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "bench_import_error", None):
         raise SystemExit(
-            f"stts-train bench {args.benchmark}: cannot import {args.bench_module}: {args.bench_import_error}"
+            f"stts-train bench {args.benchmark}: cannot import {args.bench_module}: "
+            f"{args.bench_import_error}"
         )
     module = importlib.import_module(args.bench_module)
     return int(module.run(args) or 0)

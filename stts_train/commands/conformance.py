@@ -12,8 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "conformance",
         help="run the implementation against golden vectors",
         description=(
-            "Run our STTS and pruner code on golden vectors (docs/stts.md, docs/pruners.md). "
-            "DIR is a golden root holding stts/ and/or pruners/, or one of those folders. Prints one "
+            "Run our STTS and pruner code on golden vectors (docs/stts.md, docs/pruners.md). DIR "
+            "is a golden root holding stts/ and/or pruners/, or one of those folders. Prints one "
             "line per case and 'N passed, M failed'; exits 0 only if every case passes."
         ),
     )

@@ -12,10 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="video QA accuracy, token-evidence recall and efficiency of a checkpoint",
         description=(
-            "Evaluate a trained checkpoint (a run dir, a checkpoint step dir or a Hugging Face Molmo2 "
-            "dir) on a built dataset. --pruner picks the token pruner: stts (the model's learned "
-            "scorer), none, or a training-free method (visionzip, fastvid, holitom, stop_*, random, "
-            "stts_heuristic, stts_easy)."
+            "Evaluate a trained checkpoint (a run dir, a checkpoint step dir or a Hugging Face "
+            "Molmo2 dir) on a built dataset. --pruner picks the token pruner: stts (the model's "
+            "learned scorer), none, or a training-free method (visionzip, fastvid, holitom, "
+            "stop_*, random, stts_heuristic, stts_easy)."
         ),
     )
     p.add_argument("config", help="experiment YAML (model shape, data settings)")

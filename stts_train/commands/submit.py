@@ -32,7 +32,8 @@ FLAG_KEYS = {
 
 
 class _IntermixedParser(argparse.ArgumentParser):
-    """Lets `key=value` overrides come before and after options (`CONFIG a=1 --cluster slurm b=2`)."""
+    """Lets `key=value` overrides come before and after options
+    (`CONFIG a=1 --cluster slurm b=2`)."""
 
     _inner = False
 

@@ -25,7 +25,8 @@ class SlurmConfig:
     cpus_per_task: int = 1
     """CPU cores per rank (per srun task)."""
     ntasks_per_node: int = 0
-    """Ranks per node; 0 = gpus_per_node when GPUs are requested, else parallel.num_ranks / nodes."""
+    """Ranks per node; 0 = gpus_per_node when GPUs are requested, else parallel.num_ranks /
+    nodes."""
     mem: str = ""
     """Memory per node as sbatch takes it (`64G`); "" = the partition's default."""
     time: str = "01:00:00"
@@ -35,7 +36,8 @@ class SlurmConfig:
     signal_grace_s: int = 120
     """Slurm sends SIGUSR1 this many seconds before the time limit (`--signal=B:USR1@N`)."""
     max_requeues: int = 3
-    """How often a preempted job requeues itself before it stops and exits with the preempted code."""
+    """How often a preempted job requeues itself before it stops and exits with the preempted
+    code."""
     master_port: int = 0
     """Rendezvous port; 0 = 20000 + job id % 20000 (distinct for jobs sharing a node)."""
     log_dir: str = ""
@@ -43,7 +45,8 @@ class SlurmConfig:
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for Slurm jobs only (merged over cluster.env)."""
     setup: list[str] = field(default_factory=list)
-    """Shell lines run in the batch script before srun (`module load ...`, `source venv/bin/activate`)."""
+    """Shell lines run in the batch script before srun (`module load ...`,
+    `source venv/bin/activate`)."""
     extra_sbatch: list[str] = field(default_factory=list)
     """Additional `#SBATCH` options, e.g. `--constraint=h100` or `--exclusive`."""
     srun_args: list[str] = field(default_factory=list)
@@ -72,12 +75,14 @@ class SlurmConfig:
         )
         check(
             0 <= self.master_port < 65536,
-            f"cluster.slurm.master_port={self.master_port} must be in [0, 65535] (0 = derive from job id)",
+            f"cluster.slurm.master_port={self.master_port} must be in [0, 65535] (0 = derive from "
+            "job id)",
         )
         for line in self.extra_sbatch:
             check(
                 line.startswith("--"),
-                f"cluster.slurm.extra_sbatch entry {line!r} must be a long option such as --exclusive",
+                f"cluster.slurm.extra_sbatch entry {line!r} must be a long option such as "
+                "--exclusive",
             )
 
 

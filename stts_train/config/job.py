@@ -43,7 +43,8 @@ class JobConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Load a config file (with its `base:` chain) and dotted overrides into a validated JobConfig."""
+    """Load a config file (with its `base:` chain) and dotted overrides into a validated
+    JobConfig."""
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:

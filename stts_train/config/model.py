@@ -1,4 +1,5 @@
-"""Model config: Molmo2 architecture (SigLIP-style ViT, attention-pool connector, Qwen3 LLM) + STTS."""
+"""Model config: Molmo2 architecture (SigLIP-style ViT, attention-pool connector, Qwen3 LLM) +
+STTS."""
 
 from __future__ import annotations
 
@@ -32,17 +33,20 @@ class VitConfig:
     def __post_init__(self) -> None:
         check(
             self.image_size % self.patch_size == 0,
-            f"model.vit.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}",
+            f"model.vit.image_size={self.image_size} must be a multiple of "
+            f"patch_size={self.patch_size}",
         )
         check(
             self.num_heads * self.head_dim == self.hidden_size,
-            f"model.vit: num_heads*head_dim={self.num_heads * self.head_dim} must equal hidden_size={self.hidden_size}",
+            f"model.vit: num_heads*head_dim={self.num_heads * self.head_dim} must equal "
+            f"hidden_size={self.hidden_size}",
         )
         for layer in self.resolved_feature_layers:
             check(
                 0 <= layer < self.num_layers,
-                f"model.vit.feature_layers={list(self.feature_layers)} resolve to {self.resolved_feature_layers}; "
-                f"each must be in [0, num_layers={self.num_layers})",
+                f"model.vit.feature_layers={list(self.feature_layers)} resolve to "
+                f"{self.resolved_feature_layers}; each must be in [0, "
+                f"num_layers={self.num_layers})",
             )
 
     @property
@@ -101,7 +105,8 @@ class LlmConfig:
     def __post_init__(self) -> None:
         check(
             self.num_heads % self.num_kv_heads == 0,
-            f"model.llm.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}",
+            f"model.llm.num_heads={self.num_heads} must be a multiple of "
+            f"num_kv_heads={self.num_kv_heads}",
         )
 
     @property
@@ -134,7 +139,8 @@ class SttsConfig:
     def __post_init__(self) -> None:
         check(
             0.0 < self.keep_ratio <= 1.0,
-            f"model.stts.keep_ratio={self.keep_ratio} must be in (0, 1]; use 1.0 (or pruner=none) to disable pruning",
+            f"model.stts.keep_ratio={self.keep_ratio} must be in (0, 1]; use 1.0 (or pruner=none) "
+            "to disable pruning",
         )
         check(self.prune_at >= 0, f"model.stts.prune_at={self.prune_at} must be >= 0")
         check(
@@ -194,9 +200,9 @@ class ModelConfig:
     CUDA, else one SDPA call per sequence on CPU."""
     init_std: float = 0.02
     init_scheme: Literal["normal", "fan_in"] = "normal"
-    """Random init of linear layers: normal(0, init_std) as Molmo2/Qwen (fine-tuning from a checkpoint),
-    or normal(0, 1/sqrt(fan_in)), which keeps signals alive through the connector's SwiGLU when
-    a small model trains from scratch."""
+    """Random init of linear layers: normal(0, init_std) as Molmo2/Qwen (fine-tuning from a
+    checkpoint), or normal(0, 1/sqrt(fan_in)), which keeps signals alive through the connector's
+    SwiGLU when a small model trains from scratch."""
     vocabulary: str = ""
     """'' = the full Qwen vocabulary; else a JSON file {"base_ids": [...]} restricting the Qwen
     tokenizer to those ids (small models; see `models.tokenizer.build_subset`)."""
@@ -208,23 +214,25 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check(
             self.vit.grid_size % self.connector.pool_size == 0,
-            f"model.vit grid {self.vit.grid_size}x{self.vit.grid_size} (image_size/patch_size) is not divisible "
-            f"by model.connector.pool_size={self.connector.pool_size}; pick image_size so the grid is a multiple",
+            f"model.vit grid {self.vit.grid_size}x{self.vit.grid_size} (image_size/patch_size) is "
+            f"not divisible by model.connector.pool_size={self.connector.pool_size}; pick "
+            "image_size so the grid is a multiple",
         )
         check(
             self.stts.pruner in ("stts", "none"),
-            f"model.stts.pruner={self.stts.pruner!r} must be 'stts' or 'none' (training-free pruners are "
-            f"chosen with `stts-train eval --pruner`)",
+            f"model.stts.pruner={self.stts.pruner!r} must be 'stts' or 'none' (training-free "
+            "pruners are chosen with `stts-train eval --pruner`)",
         )
         check(
             self.stts.pruner == "none" or self.stts.prune_at + 1 < self.vit.num_layers,
-            f"model.stts.prune_at={self.stts.prune_at} needs block prune_at+1 < model.vit.num_layers="
-            f"{self.vit.num_layers}; lower prune_at or use more layers",
+            f"model.stts.prune_at={self.stts.prune_at} needs block prune_at+1 < "
+            f"model.vit.num_layers={self.vit.num_layers}; lower prune_at or use more layers",
         )
         for name, tid in vars(self.tokens).items():
             check(
                 tid is None or 0 <= tid < self.llm.total_vocab_size,
-                f"model.tokens.{name}={tid} is outside the vocabulary (size {self.llm.total_vocab_size})",
+                f"model.tokens.{name}={tid} is outside the vocabulary (size "
+                f"{self.llm.total_vocab_size})",
             )
 
     @property

@@ -16,7 +16,8 @@ A compare rule is a dict:
                                         leading dimensions and broadcasts over the rest
 
 ``check_rule(name, actual, expected, rule, tensors)`` applies one rule and returns
-``RuleResult(ok, max_abs_err, message)``; ``CaseResult`` is the per-case summary both runners return.
+``RuleResult(ok, max_abs_err, message)``; ``CaseResult`` is the per-case summary both runners
+return.
 """
 
 from __future__ import annotations

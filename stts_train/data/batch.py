@@ -43,9 +43,7 @@ class MicroBatch:
     def num_samples(self) -> int:
         return int(self.cu_seqlens_B1.numel() - 1) - self.padding_samples
 
-    def to(
-        self, device: torch.device | str, float_dtype: torch.dtype | None = None
-    ) -> MicroBatch:
+    def to(self, device: torch.device | str, float_dtype: torch.dtype | None = None) -> MicroBatch:
         pixels = self.pixels_FNC.to(device)
         if float_dtype is not None:
             pixels = pixels.to(float_dtype)

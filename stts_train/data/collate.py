@@ -45,7 +45,8 @@ def validate_sample(sample: TokenizedSample, cfg: ModelConfig) -> None:
     where = f"sample {sample.key!r}"
     if ids.ndim != 1 or labels.shape != ids.shape:
         raise LayoutError(
-            f"{where}: input_ids {tuple(ids.shape)} and labels {tuple(labels.shape)} must be equal 1-D"
+            f"{where}: input_ids {tuple(ids.shape)} and labels {tuple(labels.shape)} "
+            "must be equal 1-D"
         )
     if not (len(sample.pixels_FNC) == len(sample.item_frames) == len(sample.item_modality)):
         raise LayoutError(
@@ -79,9 +80,9 @@ def validate_sample(sample: TokenizedSample, cfg: ModelConfig) -> None:
     ):
         raise LayoutError(
             f"{where}: metadata (text {meta.num_text_tokens}, loss {meta.num_loss_tokens}, frames "
-            f"{list(meta.frames)}, modalities {list(meta.modalities)}) disagrees with the tokens (text {text}, "
-            f"loss {loss}, frames {sample.item_frames}, modalities {sample.item_modality}); the planner's "
-            "lengths would be wrong"
+            f"{list(meta.frames)}, modalities {list(meta.modalities)}) disagrees with the tokens "
+            f"(text {text}, loss {loss}, frames {sample.item_frames}, modalities "
+            f"{sample.item_modality}); the planner's lengths would be wrong"
         )
 
 

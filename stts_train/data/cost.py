@@ -103,7 +103,7 @@ class CostModel:
         self.geom = Geometry.from_model_config(cfg, keep_ratio)
         self.weights = weights or CostWeights()
         self.stts_on = cfg.stts.pruner == "stts"
-        v, c, l = cfg.vit, cfg.connector, cfg.llm
+        v, c, lm = cfg.vit, cfg.connector, cfg.llm
         d = v.hidden_size
         self.vit_block_linear = 2.0 * (4 * d * d + 2 * d * v.intermediate_size)
         self.vit_attn_coef = 4.0 * d  # * L^2 per frame sequence and block
@@ -118,14 +118,14 @@ class CostModel:
         din = len(v.feature_layers) * d
         dp = c.pooling_num_heads * c.pooling_head_dim
         pooling = din * dp + 2 * pool2 * din * dp + dp * dp + 2 * pool2 * dp
-        projector = 2 * dp * c.intermediate_size + c.intermediate_size * l.hidden_size
+        projector = 2 * dp * c.intermediate_size + c.intermediate_size * lm.hidden_size
         self.connector_per_group = 2.0 * (pooling + projector)
-        e, qd, kvd = l.hidden_size, l.num_heads * l.head_dim, l.num_kv_heads * l.head_dim
+        e, qd, kvd = lm.hidden_size, lm.num_heads * lm.head_dim, lm.num_kv_heads * lm.head_dim
         self.llm_token_linear = (
-            2.0 * l.num_layers * (e * qd + 2 * e * kvd + qd * e + 3 * e * l.intermediate_size)
+            2.0 * lm.num_layers * (e * qd + 2 * e * kvd + qd * e + 3 * e * lm.intermediate_size)
         )
-        self.llm_attn_coef = 2.0 * l.num_layers * qd  # * L^2 per sample segment
-        self.lm_head_per_token = 2.0 * e * l.total_vocab_size
+        self.llm_attn_coef = 2.0 * lm.num_layers * qd  # * L^2 per sample segment
+        self.lm_head_per_token = 2.0 * e * lm.total_vocab_size
 
     # ------------------------------------------------------------------------------------------
     def breakdown(self, meta: SampleMeta) -> dict[str, float]:
@@ -175,7 +175,8 @@ class CostModel:
         )
 
     def padding_frame_cost(self) -> float:
-        """Weighted ViT cost of one padding frame (blocks up to prune_at+1; later blocks drop it)."""
+        """Weighted ViT cost of one padding frame (blocks up to prune_at+1; later blocks drop
+        it)."""
         n = self.geom.patches_per_frame
         blocks = self.pre_blocks if self.stts_on else self.vit_blocks
         w = self.weights

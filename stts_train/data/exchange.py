@@ -35,7 +35,8 @@ class SampleExchange:
         return out
 
     def exchange(self, outbox: dict[int, list[Any]]) -> dict[int, list[Any]]:
-        """Send `outbox[r]` to rank r; returns {source rank: its list} for every rank that sent here."""
+        """Send `outbox[r]` to rank r; returns {source rank: its list} for every rank that sent
+        here."""
         device = self._device()
         payload = {
             peer: pickle.dumps(objs, protocol=pickle.HIGHEST_PROTOCOL)

@@ -65,8 +65,8 @@ class SampleMeta:
     def __post_init__(self) -> None:
         if len(self.modalities) != len(self.frames):
             raise DataError(
-                f"sample {self.key!r}: {len(self.modalities)} modalities but {len(self.frames)} frame "
-                "counts; give one of each per visual item"
+                f"sample {self.key!r}: {len(self.modalities)} modalities but {len(self.frames)} "
+                "frame counts; give one of each per visual item"
             )
         for m, t in zip(self.modalities, self.frames):
             if m not in (Modality.IMAGE, Modality.VIDEO, Modality.MULTI_IMAGE):

@@ -126,8 +126,9 @@ class PipelineSource:
         home = [r for r, rank in enumerate(per_rank_metas) for _ in rank]
         if not metas:
             raise DataError(
-                f"dataset {self.job.data.path} is exhausted after data.num_epochs={self.job.data.num_epochs}; "
-                "lower train.num_steps or raise data.num_epochs (null streams endlessly)"
+                f"dataset {self.job.data.path} is exhausted after "
+                f"data.num_epochs={self.job.data.num_epochs}; lower train.num_steps or raise "
+                "data.num_epochs (null streams endlessly)"
             )
         pool = PoolArrays.from_metas(metas, self.cost)
         ranks = assign_window(pool, home, self.dp_size, self.job.packing)

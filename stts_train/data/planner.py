@@ -134,10 +134,12 @@ def check_sizes(pool: PoolArrays, cfg: PackingConfig) -> None:
         i = int(bad[0])
         key = pool.keys[i] if pool.keys else str(i)
         raise DataError(
-            f"sample {key!r} needs {int(pool.llm_tokens[i])} LLM tokens and {int(pool.vit_patches[i])} ViT "
-            f"patches ({int(pool.frames[i])} frames) but one micro-batch holds packing.max_llm_tokens="
-            f"{cfg.max_llm_tokens} and packing.max_vit_patches={cfg.max_vit_patches}; raise the budgets or "
-            f"lower data.max_frames so every sample fits ({bad.size} sample(s) in this window are too large)"
+            f"sample {key!r} needs {int(pool.llm_tokens[i])} LLM tokens and "
+            f"{int(pool.vit_patches[i])} ViT patches ({int(pool.frames[i])} frames) but one "
+            f"micro-batch holds packing.max_llm_tokens={cfg.max_llm_tokens} and "
+            f"packing.max_vit_patches={cfg.max_vit_patches}; raise the budgets or lower "
+            f"data.max_frames so every sample fits ({bad.size} sample(s) in this window are too "
+            "large)"
         )
 
 
@@ -294,7 +296,8 @@ def plan_closed_window(
     while plan.carried_over:
         if plan.rows_per_rank * num_ranks >= len(pool):  # one sample per row always fits
             raise AssertionError(
-                f"planner could not place {len(plan.carried_over)} samples in {plan.rows_per_rank} rows"
+                f"planner could not place {len(plan.carried_over)} samples in "
+                f"{plan.rows_per_rank} rows"
             )
         closed = replace(closed, rows_per_rank=plan.rows_per_rank + 1)
         plan = plan_balanced(pool, num_ranks, closed, home_arr)

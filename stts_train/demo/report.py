@@ -133,9 +133,9 @@ def write_markdown(out: Path, facts: dict) -> Path:
     lines = [
         "# stts-train demo report",
         "",
-        f"Machine: {facts['machine']}. Total time {facts['elapsed_s']:.0f} s. Benchmark: MovingDigits-QA "
-        f"({facts['benchmark']['questions']['train']} train / {facts['benchmark']['questions']['eval']} eval "
-        "questions, 4 choices each, chance 25%).",
+        f"Machine: {facts['machine']}. Total time {facts['elapsed_s']:.0f} s. Benchmark: "
+        f"MovingDigits-QA ({facts['benchmark']['questions']['train']} train / "
+        f"{facts['benchmark']['questions']['eval']} eval questions, 4 choices each, chance 25%).",
         "",
         "## Accuracy and kept tokens (eval split)",
         "",
@@ -162,24 +162,29 @@ def write_markdown(out: Path, facts: dict) -> Path:
         "",
         "## Training",
         "",
-        f"- As in the paper, STTS starts from a trained model: an unpruned base was trained from scratch for "
-        f"{t['base_steps']} steps and exported to a Hugging Face Molmo2 dir; from it, STTS (keep 0.5) was fine-tuned "
-        f"and the unpruned model continued, {t['steps']} steps each, {t['ranks']} ranks, DeepSpeed ZeRO-{t['zero']}, "
-        f"data decoded on Ray from `{t['store']}`.",
-        f"- Training throughput over the same steps and data (median step time after warm-up): STTS {fmt(t['stts_step_s'])} s, unpruned "
-        f"{fmt(t['unpruned_step_s'])} s: measured speed-up **{fmt(t['speedup'], 2)}x**.",
-        f"- Resume: the STTS run was SIGKILLed after step {t['killed_after']} and resumed from checkpoint step "
-        f"{t['resumed_from']}; the {t['replayed_steps']} replayed steps reproduced the killed run's losses "
-        f"{'exactly (bit-identical)' if t['replay_exact'] else 'NOT exactly: see metrics'}; sample keys identical: "
-        f"{t['replay_keys_equal']}.",
+        "- As in the paper, STTS starts from a trained model: an unpruned base was trained from "
+        f"scratch for {t['base_steps']} steps and exported to a Hugging Face Molmo2 dir; from it, "
+        f"STTS (keep 0.5) was fine-tuned and the unpruned model continued, {t['steps']} steps "
+        f"each, {t['ranks']} ranks, DeepSpeed ZeRO-{t['zero']}, data decoded on Ray from "
+        f"`{t['store']}`.",
+        "- Training throughput over the same steps and data (median step time after warm-up): "
+        f"STTS {fmt(t['stts_step_s'])} s, unpruned {fmt(t['unpruned_step_s'])} s: measured "
+        f"speed-up **{fmt(t['speedup'], 2)}x**.",
+        f"- Resume: the STTS run was SIGKILLed after step {t['killed_after']} and resumed from "
+        f"checkpoint step {t['resumed_from']}; the {t['replayed_steps']} replayed steps reproduced "
+        "the killed run's losses "
+        f"{'exactly (bit-identical)' if t['replay_exact'] else 'NOT exactly: see metrics'}; sample "
+        f"keys identical: {t['replay_keys_equal']}.",
         "",
         "![loss curves](loss_curves.png)",
         "",
-        "The demo model is tiny (hidden size 64, about 0.2 M parameters) and its step time is dominated by fixed "
-        "costs (ZeRO-3 collectives, the scorer, Ray decoding, Python per micro-batch), not by the ViT and LLM "
-        "compute that pruning removes; the table below measures the speed-up where compute dominates.",
+        "The demo model is tiny (hidden size 64, about 0.2 M parameters) and its step time is "
+        "dominated by fixed costs (ZeRO-3 collectives, the scorer, Ray decoding, Python per "
+        "micro-batch), not by the ViT and LLM compute that pruning removes; the table below "
+        "measures the speed-up where compute dominates.",
         "",
-        "## Speed against frame count (configs/bench_cpu.yaml, keep 0.5 vs 1.0, same weights, this machine)",
+        "## Speed against frame count (configs/bench_cpu.yaml, keep 0.5 vs 1.0, same weights, "
+        "this machine)",
         "",
         "| frames | mode | keep 1.0 ms | keep 0.5 ms | measured | FLOP-predicted |",
         "|---|---|---|---|---|---|",
@@ -187,8 +192,9 @@ def write_markdown(out: Path, facts: dict) -> Path:
     for r in facts["speed"]:
         if r["keep_ratio"] < 1.0:
             lines.append(
-                f"| {r['frames']} | {r['mode']} | {1000 * r['base_seconds']:.1f} | {1000 * r['seconds_median']:.1f} | "
-                f"{r['speedup_measured']:.2f}x | {r['speedup_predicted']:.2f}x |"
+                f"| {r['frames']} | {r['mode']} | {1000 * r['base_seconds']:.1f} | "
+                f"{1000 * r['seconds_median']:.1f} | {r['speedup_measured']:.2f}x | "
+                f"{r['speedup_predicted']:.2f}x |"
             )
     lines += [
         "",

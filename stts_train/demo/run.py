@@ -106,7 +106,8 @@ def run_and_kill(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     raise RuntimeError(
-        f"training {run_dir} ended (rc={proc.returncode}) before the planned kill at step {kill_after_step}"
+        f"training {run_dir} ended (rc={proc.returncode}) before the planned kill at step "
+        f"{kill_after_step}"
     )
 
 
@@ -180,7 +181,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
         ]
         kill_at = plan.steps // 2
         log(
-            f"4/7 fine-tuning with STTS (keep 0.5) from the base; SIGKILL after the checkpoint at step >= {kill_at}"
+            "4/7 fine-tuning with STTS (keep 0.5) from the base; SIGKILL after the checkpoint at "
+            f"step >= {kill_at}"
         )
         cmd = train_command(config, stts_dir, arm)
         resumed_from, killed_after = run_and_kill(cmd, stts_dir, kill_at, timeout_s=1800)
@@ -262,9 +264,10 @@ def evaluate_all(
                 samples.append(sample)
         summary = {"model": label, "pruner": pruner, "keep_ratio": keep, **ev.result.summary()}
         results.append(summary)
+        evidence_recall = summary["evidence_recall"]
         log(
-            f"  {label:9s} {pruner:10s} keep {keep}: accuracy {summary['accuracy']:.3f}, evidence recall "
-            f"{summary['evidence_recall'] if summary['evidence_recall'] is None else round(summary['evidence_recall'], 3)}"
+            f"  {label:9s} {pruner:10s} keep {keep}: accuracy {summary['accuracy']:.3f}, evidence "
+            f"recall {evidence_recall if evidence_recall is None else round(evidence_recall, 3)}"
         )
         if label == "STTS":
             overlays = {s.key: (s, ev.result.kept_masks[s.key]) for s in samples}
@@ -289,7 +292,8 @@ def demo_vocabulary(out: Path, spec) -> list[str]:
     path = out / "vocabulary.json"
     path.write_text(json.dumps({"base_ids": base_ids, "vocab_size": vocab_size}))
     log(
-        f"vocabulary subset: {vocab_size} Qwen tokens + {len(base_ids) - vocab_size} Molmo2 tokens -> {path}"
+        f"vocabulary subset: {vocab_size} Qwen tokens + {len(base_ids) - vocab_size} Molmo2 tokens "
+        f"-> {path}"
     )
     return subset_overrides(str(path), base_ids, vocab_size)
 
@@ -372,12 +376,17 @@ def write_report(
                 frames,
                 keep_np,
                 out / name,
-                title=f"{key} (answer {sample.answer}): digit groups kept {recall}; dimmed = pruned",
+                title=(
+                    f"{key} (answer {sample.answer}): digit groups kept {recall}; dimmed = pruned"
+                ),
             )
             overlay_files.append(name)
     stts_t, base_t = median_step_time(stts_curve), median_step_time(base_rows)
     facts = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}"
+        ),
         "elapsed_s": time.monotonic() - started,
         "benchmark": bench_info,
         "eval": evals["results"],

@@ -65,7 +65,7 @@ def start_local_s3(
                 server.stop()
                 raise RuntimeError(
                     f"moto_server did not start on {endpoint}; is moto[server] installed?"
-                )
+                ) from None
             time.sleep(0.2)
     if bucket:
         import boto3

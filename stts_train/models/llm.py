@@ -108,7 +108,8 @@ class LanguageModel(nn.Module):
         )
         if m.tie_word_embeddings and factory.tp_size > 1:
             raise ValueError(
-                "model.llm.tie_word_embeddings=true is not supported with tensor parallelism; set it false"
+                "model.llm.tie_word_embeddings=true is not supported with tensor parallelism; set "
+                "it false"
             )
 
     def hidden_states(

@@ -76,7 +76,8 @@ def _ranks_file() -> Path:
     path = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
     if not path.is_file():
         raise STTSError(
-            f"{path} is missing; reinstall dashscope (pip install --no-deps --force-reinstall dashscope)"
+            f"{path} is missing; reinstall dashscope (pip install --no-deps --force-reinstall "
+            "dashscope)"
         )
     return path
 
@@ -212,8 +213,9 @@ class SubsetTokenizer:
         for b in self.base.encode(text, add_special_tokens=add_special_tokens).ids:
             if b not in self.to_subset:
                 raise STTSError(
-                    f"token {self.base.id_to_token(b)!r} (Qwen id {b}) of {text[:60]!r} is not in the vocabulary "
-                    "subset; rebuild it from the data (stts_train.models.tokenizer.build_subset) or use the full vocabulary"
+                    f"token {self.base.id_to_token(b)!r} (Qwen id {b}) of {text[:60]!r} is not in "
+                    "the vocabulary subset; rebuild it from the data "
+                    "(stts_train.models.tokenizer.build_subset) or use the full vocabulary"
                 )
             ids.append(self.to_subset[b])
         return _Encoding(ids)
@@ -282,8 +284,9 @@ def load_tokenizer(model_cfg):
     tok = SubsetTokenizer(base, base_ids)
     if len(base_ids) != model_cfg.llm.total_vocab_size:
         raise STTSError(
-            f"vocabulary {path} has {len(base_ids)} tokens but model.llm.vocab_size + additional_vocab_size = "
-            f"{model_cfg.llm.total_vocab_size}; use the overrides from subset_overrides()"
+            f"vocabulary {path} has {len(base_ids)} tokens but model.llm.vocab_size + "
+            f"additional_vocab_size = {model_cfg.llm.total_vocab_size}; use the overrides from "
+            "subset_overrides()"
         )
     if tok.token_to_id("<im_patch>") != model_cfg.tokens.image_patch_id:
         raise STTSError(

@@ -115,12 +115,13 @@ class Molmo2VLM(nn.Module):
                 )
             if m == Modality.VIDEO and n == 1 and keep < 1.0:
                 raise LayoutError(
-                    f"visual item {i} is a one-frame video; frame 0 is never pruned, so send it as an "
-                    "image (modality 1) or use keep_ratio=1.0"
+                    f"visual item {i} is a one-frame video; frame 0 is never pruned, so send it as "
+                    "an image (modality 1) or use keep_ratio=1.0"
                 )
         if sum(frames) != batch.pixels_FNC.shape[0]:
             raise LayoutError(
-                f"items declare {sum(frames)} frames but pixels_FNC holds {batch.pixels_FNC.shape[0]}"
+                f"items declare {sum(frames)} frames but pixels_FNC holds "
+                f"{batch.pixels_FNC.shape[0]}"
             )
         return layout_from_items(frames, modality, keep, self.cfg.groups_per_frame)
 
@@ -138,7 +139,8 @@ class Molmo2VLM(nn.Module):
         expected = cfg.vit.num_patches, cfg.vit.patch_dim
         if num_real_frames and tuple(pixels_FNC.shape[1:]) != expected:
             raise LayoutError(
-                f"pixels_FNC has shape {tuple(pixels_FNC.shape)}; expected (F, {expected[0]}, {expected[1]})"
+                f"pixels_FNC has shape {tuple(pixels_FNC.shape)}; expected (F, {expected[0]}, "
+                f"{expected[1]})"
             )
         dummy = num_real_frames == 0
         if dummy:
@@ -191,7 +193,8 @@ class Molmo2VLM(nn.Module):
         embeds_SE = self.llm.embed_tokens(ids_S)
         if image_features_XE.shape[0] != int(patch_S.sum()):
             raise LayoutError(
-                f"misalignment: {image_features_XE.shape[0]} image features for {int(patch_S.sum())} kept placeholders"
+                f"misalignment: {image_features_XE.shape[0]} image features for "
+                f"{int(patch_S.sum())} kept placeholders"
             )
         embeds_SE = embeds_SE.masked_scatter(
             patch_S[:, None].expand_as(embeds_SE),
@@ -229,7 +232,8 @@ class Molmo2VLM(nn.Module):
     def _kept_group_patches(
         self, keep_group_FG: torch.Tensor, keep_patch_FN: torch.Tensor
     ) -> torch.Tensor:
-        """(X, P) rows into the kept-patch sequence for each kept group, frame-major, raster order."""
+        """(X, P) rows into the kept-patch sequence for each kept group, frame-major, raster
+        order."""
         num_frames, num_patches = keep_patch_FN.shape
         group_index_GP = self.vision.group_index_GP
         kept_rank_S = torch.cumsum(keep_patch_FN.reshape(-1).long(), 0) - 1
@@ -248,9 +252,10 @@ class Molmo2VLM(nn.Module):
         expected = 0 if keep_group_FG is None else keep_group_FG.numel()
         if num_placeholders != expected:
             raise LayoutError(
-                f"misalignment: input_ids hold {num_placeholders} image placeholders but the visual items "
-                f"produce {expected} features ({expected // max(cfg.groups_per_frame, 1)} frames x "
-                f"{cfg.groups_per_frame} groups); each frame needs exactly groups_per_frame placeholders"
+                f"misalignment: input_ids hold {num_placeholders} image placeholders but the "
+                f"visual items produce {expected} features "
+                f"({expected // max(cfg.groups_per_frame, 1)} frames x {cfg.groups_per_frame} "
+                "groups); each frame needs exactly groups_per_frame placeholders"
             )
         keep_S = ~patch_S
         if num_placeholders:
@@ -259,7 +264,8 @@ class Molmo2VLM(nn.Module):
         lengths_B = (batch.cu_seqlens_B1[1:] - batch.cu_seqlens_B1[:-1]).long()
         if int(lengths_B.sum()) != ids_S.numel():
             raise LayoutError(
-                f"cu_seqlens covers {int(lengths_B.sum())} tokens but input_ids_S has {ids_S.numel()}"
+                f"cu_seqlens covers {int(lengths_B.sum())} tokens but input_ids_S has "
+                f"{ids_S.numel()}"
             )
         sample_S = torch.repeat_interleave(
             torch.arange(lengths_B.numel(), device=ids_S.device), lengths_B

@@ -89,7 +89,8 @@ def layout_from_budgets(item_frames: list[int], budgets: list[int], device=None)
 
 
 def select_groups(scores_FG: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
-    """Keep mask (F, G): per video, the `budget` lowest-scored groups over all its frames are pruned.
+    """Keep mask (F, G): per video, the `budget` lowest-scored groups over all its frames are
+    pruned.
 
     Frame 0 of each video is protected (its scores treated as +inf); ties are broken by the flat
     (frame-major) index so the result is deterministic. Budgets are capped at G * (T - 1), so
@@ -163,7 +164,8 @@ def group_to_patch(
 
 
 def neighbor_cosine(hidden_TND: torch.Tensor, group_index_GP: torch.Tensor) -> torch.Tensor:
-    """(T-1, G) cosine between the same group in consecutive frames (groups = P concatenated patches)."""
+    """(T-1, G) cosine between the same group in consecutive frames (groups = P concatenated
+    patches)."""
     num_frames, _, dim = hidden_TND.shape
     num_groups, patches_per_group = group_index_GP.shape
     g = hidden_TND[:, group_index_GP.reshape(-1)].reshape(

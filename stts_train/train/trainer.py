@@ -250,10 +250,10 @@ class Trainer:
             ok = self.cfg.checkpoint.allow_dp_change and getattr(self.data, "can_reshard", False)
             if not ok:
                 raise CheckpointError(
-                    f"{where} was written with data-parallel size {meta.get('dp_size')}, this run has "
-                    f"{self.dims.dp}; the data stream order would change. Relaunch with "
-                    f"{meta.get('dp_size')} data-parallel ranks, or set checkpoint.allow_dp_change=true "
-                    "(needs a data stream that can reshard)"
+                    f"{where} was written with data-parallel size {meta.get('dp_size')}, this run "
+                    f"has {self.dims.dp}; the data stream order would change. Relaunch with "
+                    f"{meta.get('dp_size')} data-parallel ranks, or set "
+                    "checkpoint.allow_dp_change=true (needs a data stream that can reshard)"
                 )
         if (
             meta.get("fingerprint") != self.data.fingerprint

@@ -53,8 +53,11 @@ def _compare(
         ref["weights"], key=lambda k: (ref["weights"][k] - got["weights"][k]).abs().max().item()
     )
     assert wdiff < wtol, (wdiff, worst)
+
     # the same samples were consumed (DP spreads them over ranks)
-    flat = lambda keys: [sorted(k for rank in step for mb in [rank] for k in mb) for step in keys]
+    def flat(keys):
+        return [sorted(k for rank in step for mb in [rank] for k in mb) for step in keys]
+
     assert flat(ref["keys"]) == flat(got["keys"])
 
 

@@ -190,7 +190,8 @@ def test_evidence_groups_map_boxes_to_the_grid(tiny_config):
 
 @pytest.mark.slow
 def test_train_streams_shards_from_s3(shards, tmp_path, moto_url, s3_bucket):
-    """`stts-train train` on shards in a real S3 server (moto): data build to s3://, 2 ranks, Ray decoding."""
+    """`stts-train train` on shards in a real S3 server (moto): data build to s3://, 2 ranks, Ray
+    decoding."""
     import json
     import os
 

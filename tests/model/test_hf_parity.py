@@ -36,7 +36,8 @@ def real_frames(cfg: ModelConfig, num_frames: int = 3) -> torch.Tensor:
 
 
 def video_prompt(cfg: ModelConfig, num_frames: int, gen: torch.Generator) -> list[int]:
-    """Molmo2's video layout: [time text][frame_start][G patches][frame_end] per frame, then text."""
+    """Molmo2's video layout: [time text][frame_start][G patches][frame_end] per frame, then
+    text."""
     tok, g = cfg.tokens, cfg.groups_per_frame
     ids = torch.randint(2, 1000, (5,), generator=gen).tolist()
     for _ in range(num_frames):

@@ -58,7 +58,8 @@ def resolve_backend(requested: str, device: torch.device) -> str:
         return "sdpa_loop"
     if requested == "flash" and _flash_varlen() is None:
         raise ValueError(
-            "attention backend 'flash' requested but flash-attn is not installed (pip install 'stts-train[gpu]')"
+            "attention backend 'flash' requested but flash-attn is not installed (pip install "
+            "'stts-train[gpu]')"
         )
     return requested
 
@@ -71,7 +72,8 @@ def _sequence_mask(
     dtype: torch.dtype,
     device: torch.device,
 ) -> torch.Tensor | None:
-    """Additive float mask (L, L) for one sequence, or None when plain (causal or full) attention."""
+    """Additive float mask (L, L) for one sequence, or None when plain (causal or full)
+    attention."""
     if key_bias_L is None and bidir_L is None:
         return None
     allowed_LL = torch.ones(length, length, dtype=torch.bool, device=device)

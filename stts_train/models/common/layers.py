@@ -73,7 +73,8 @@ class LocalLayerFactory:
 
 
 def shard_size(total: int, tp_size: int, what: str) -> int:
-    """Per-rank share of a dimension split `tp_size` ways, with a clear error if it doesn't divide."""
+    """Per-rank share of a dimension split `tp_size` ways, with a clear error if it doesn't
+    divide."""
     if total % tp_size:
         raise ValueError(f"{what}={total} is not divisible by the tensor-parallel size {tp_size}")
     return total // tp_size

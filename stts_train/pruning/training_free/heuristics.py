@@ -91,7 +91,8 @@ class STTSHeuristicPruner(_NoveltyPruner):
         super().__init__(keep_ratio)
         if max_retries < 0 or retry_step < 0:
             raise ConfigError(
-                f"stts_heuristic: max_retries={max_retries} and retry_step={retry_step} must be >= 0"
+                f"stts_heuristic: max_retries={max_retries} and retry_step={retry_step} "
+                "must be >= 0"
             )
         self.threshold = float(threshold)
         self.max_retries = int(max_retries)

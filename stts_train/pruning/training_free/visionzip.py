@@ -4,7 +4,8 @@ Golden variants `visionzip_video`, `stop_visionzip` (docs/pruners.md#visionzip).
   1. d = int(S * dominant_ratio) dominant tokens = top-d of the ranking (attention, or the STSP
      ranking for SToP), output in ascending position order;
   2. the other M = N - d positions (ascending) form ``rest``; their keys are L2-normalised;
-  3. contextual targets are list positions 0, step, 2*step, ... (first c = S - d), step = max(1, M//c);
+  3. contextual targets are list positions 0, step, 2*step, ... (first c = S - d),
+     step = max(1, M//c);
   4. every non-target element goes to the target with the largest key cosine;
   5. contextual token = target feature + mean of its assigned features (a sum, not an average);
   6. frame output = [d dominant (ascending), c contextual (target order)].
