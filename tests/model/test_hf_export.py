@@ -30,6 +30,8 @@ from stts_train.models.vlm import Molmo2VLM
 from stts_train.pruning.stts import group_index
 from tests.model.test_hf_parity import real_frames
 
+pytestmark = pytest.mark.slow
+
 QUESTION = "Which way do the bikes move?"
 ANSWERS = ["left", "right", "up", "down", "nowhere"]
 
