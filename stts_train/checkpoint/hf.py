@@ -4,14 +4,23 @@ Hugging Face `Molmo2ForConditionalGeneration` (transformers 5.23) stores weights
 Molmo2's original naming (`model.transformer.*`, `model.vision_backbone.*`, fused `att_proj` =
 [q; k; v] and `ff_proj` = [up; gate]) and renames them at load time. We read and write that disk
 format directly, so no transformers import is needed to load; `export_hf` uses transformers only
-to write a complete `config.json`. The STTS scorer is not part of Molmo2: it is saved beside the
-checkpoint as `stts_scorer.safetensors` (reference key names) and restored by `load_hf`.
+to write a complete `config.json`. The STTS scorer is not part of Molmo2: `export_hf` stores it in
+the main weights under the reference names (`model.` + SCORER_PREFIX, as the released STTS
+checkpoints do), which transformers and vLLM report as unused and ignore; `load_hf` restores it
+from there (stts_train/checkpoint/hf_weights.py), or from the `stts_scorer.safetensors` that
+older exports wrote beside the weights.
+
+An export is what `save_pretrained` users expect: config.json, bf16 (or fp32) weight shards with
+`model.safetensors.index.json`, generation_config.json, the tokenizer files and chat template
+(stts_train/models/tokenizer.py::save_tokenizer), the processor configs and a README.md saying
+which runtimes apply STTS pruning.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,14 +115,15 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
 # --------------------------------------------------------------------------------------------------
 # weights
 def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dict, dict]:
-    """Our full state dict -> (Molmo2 disk-format tensors, scorer tensors with reference names)."""
+    """Our full state dict -> (Molmo2 disk-format tensors, scorer tensors under the reference
+    names with the `model.` prefix of the other Molmo2 tensors)."""
     out: dict[str, torch.Tensor] = {}
     scorer: dict[str, torch.Tensor] = {}
     m = cfg.llm
     for name, tensor in state.items():
         tensor = tensor.detach().cpu().contiguous()
         if name.startswith("vision.scorer."):
-            scorer[SCORER_PREFIX + name[len("vision.scorer.") :]] = tensor
+            scorer["model." + SCORER_PREFIX + name[len("vision.scorer.") :]] = tensor
         elif name in (
             "vision.patch_embedding.weight",
             "vision.patch_embedding.bias",
@@ -255,27 +265,198 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         )
 
 
-def export_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str | Path) -> Path:
-    """Write a Hugging Face Molmo2 directory (config.json + model.safetensors [+ scorer])."""
-    from safetensors.torch import save_file
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MAX_SHARD_BYTES = 5 * 10**9  # what save_pretrained uses by default ("5GB")
 
+
+def export_hf(
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    *,
+    dtype: str = "bf16",
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    data: Any = None,
+    progress: bool = False,
+) -> Path:
+    """Write a servable Hugging Face Molmo2 directory (see the module docstring).
+
+    `dtype`: "bf16" (default) or "fp32"; `max_shard_bytes`: the largest weight shard (a tensor
+    bigger than that gets a shard of its own); `data`: the run's DataConfig, whose frame limits go
+    into the video processor config (its defaults when None); `progress`: a tqdm bar while the
+    shards are written.
+    """
+    if dtype not in DTYPES:
+        raise CheckpointError(f"export dtype={dtype!r}; use one of {sorted(DTYPES)}")
+    if max_shard_bytes < 1:
+        raise CheckpointError(f"max shard size {max_shard_bytes} bytes must be positive")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_state, scorer = to_hf_state_dict(state, cfg)
+    hf_state.update(scorer)
+    write_config(cfg, out_dir, dtype)
+    write_shards(hf_state, out_dir, DTYPES[dtype], max_shard_bytes, progress)
+    write_generation_config(cfg, out_dir)
+    from stts_train.models.tokenizer import save_tokenizer
+
+    save_tokenizer(cfg, out_dir)
+    write_processor_configs(cfg, out_dir, data)
+    (out_dir / "README.md").write_text(export_readme(cfg, dtype, has_scorer=bool(scorer)))
+    return out_dir
+
+
+def write_config(cfg: ModelConfig, out_dir: Path, dtype: str) -> None:
+    torch_dtype = "bfloat16" if dtype == "bf16" else "float32"
     try:
         from transformers import Molmo2Config  # complete config with every default filled in
     except ImportError:
         config = {
             "model_type": "molmo2",
             "architectures": ["Molmo2ForConditionalGeneration"],
+            "dtype": torch_dtype,
             **hf_config_dict(cfg),
         }
         (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     else:
         hf_config = Molmo2Config(**hf_config_dict(cfg))
         hf_config.architectures = ["Molmo2ForConditionalGeneration"]
+        hf_config.dtype = torch_dtype
         hf_config.to_json_file(str(out_dir / "config.json"))
-    save_file(hf_state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    if scorer:
-        save_file(scorer, str(out_dir / SCORER_FILE), metadata={"format": "pt"})
-    return out_dir
+
+
+def write_shards(
+    hf_state: dict[str, torch.Tensor],
+    out_dir: Path,
+    dtype: torch.dtype,
+    max_shard_bytes: int,
+    progress: bool = False,
+) -> list[str]:
+    """Tensors (floats cast to `dtype`) -> model-0000i-of-0000n.safetensors shards of at most
+    `max_shard_bytes` each, plus model.safetensors.index.json; returns the shard names."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    shards: list[list[str]] = [[]]
+    size = 0
+    nbytes = {
+        k: v.numel() * (dtype.itemsize if v.is_floating_point() else v.element_size())
+        for k, v in hf_state.items()
+    }
+    for name in sorted(hf_state):
+        if shards[-1] and size + nbytes[name] > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes[name]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for old in out_dir.glob("model*.safetensors"):
+        old.unlink()  # a previous export's shards would be listed by nobody
+    weight_map = {}
+    bar = tqdm(
+        total=sum(nbytes.values()),
+        unit="B",
+        unit_scale=True,
+        desc=f"writing {len(names)} shard{'s' if len(names) > 1 else ''}",
+        disable=not progress,
+    )
+    with bar:
+        for file, keys in zip(names, shards):
+            part = {}
+            for k in keys:
+                t = hf_state[k]
+                part[k] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+                weight_map[k] = file
+            save_file(part, str(out_dir / file), metadata={"format": "pt"})
+            bar.update(sum(nbytes[k] for k in keys))
+    index = {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return names
+
+
+def write_generation_config(cfg: ModelConfig, out_dir: Path) -> None:
+    """Greedy decoding that stops at the chat turn's end (<|im_end|> = model.tokens.eos_id)."""
+    config = {
+        "eos_token_id": cfg.tokens.eos_id,
+        "pad_token_id": cfg.tokens.pad_id,
+        "do_sample": False,
+    }
+    (out_dir / "generation_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_processor_configs(cfg: ModelConfig, out_dir: Path, data: Any = None) -> None:
+    """preprocessor_config.json (images), video_preprocessor_config.json and processor_config.json
+    in the keys transformers' Molmo2 processors read, for our frame geometry and prompt layout
+    (frames wrapped in <frame_start>/<frame_end>, no column tokens; stts_train/data/template.py)."""
+    from stts_train.config.data import DataConfig
+
+    data = data or DataConfig()
+    v, pool = cfg.vit, cfg.connector.pool_size
+    common = {
+        "processor_class": "Molmo2Processor",
+        "size": {"height": v.image_size, "width": v.image_size},
+        "patch_size": v.patch_size,
+        "pooling_size": [pool, pool],
+        "image_mean": list(v.image_mean),
+        "image_std": list(v.image_std),
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "resample": 2,  # bilinear
+    }
+    image = {"image_processor_type": "Molmo2ImageProcessor", **common}
+    video = {
+        "video_processor_type": "Molmo2VideoProcessor",
+        **common,
+        "num_frames": data.max_frames,
+        "max_fps": data.max_fps,
+        "do_sample_frames": True,
+    }
+    processor = {
+        "processor_class": "Molmo2Processor",
+        "image_use_col_tokens": True,
+        "use_single_crop_col_tokens": None,
+        "use_single_crop_start_token": True,
+        "video_use_col_tokens": False,
+        "use_frame_special_tokens": True,
+    }
+    for name, config in (
+        ("preprocessor_config.json", image),
+        ("video_preprocessor_config.json", video),
+        ("processor_config.json", processor),
+    ):
+        (out_dir / name).write_text(json.dumps(config, indent=2))
+
+
+def export_readme(cfg: ModelConfig, dtype: str, has_scorer: bool) -> str:
+    s = cfg.stts
+    scorer = (
+        f"The weights include the trained STTS scorer (`model.{SCORER_PREFIX}*`; pruner "
+        f"`{s.pruner}`, keep ratio {s.keep_ratio}, after ViT block {s.prune_at})."
+        if has_scorer
+        else f"This model has no learned STTS scorer (trained with pruner `{s.pruner}`)."
+    )
+    return f"""# Molmo2 checkpoint exported by stts-train
+
+{scorer}
+
+| runtime | STTS token pruning |
+|---|---|
+| `stts-train eval` (this repository) | applied: video tokens are pruned as in training |
+| transformers `Molmo2ForConditionalGeneration` | not applied: the model runs unpruned; the \
+scorer tensors are reported as unused weights and ignored |
+| vLLM (Molmo2) | not applied: the model runs unpruned; the scorer tensors are ignored |
+
+Weights: {dtype}, sharded (`model.safetensors.index.json`). Tokenizer, chat template and the
+Molmo2 processor configs are included, so
+
+```python
+from transformers import AutoProcessor, AutoTokenizer, Molmo2ForConditionalGeneration
+model = Molmo2ForConditionalGeneration.from_pretrained(PATH)
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+processor = AutoProcessor.from_pretrained(PATH)  # needs torchvision
+```
+
+loads it; `vllm serve PATH` serves it (unpruned).
+"""

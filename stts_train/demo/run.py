@@ -173,7 +173,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, s3: bool = F
             check=True,
         )
         base_hf = runs / "base_hf"
-        subprocess.run(cli("export", str(base_dir), str(base_hf)), check=True)
+        subprocess.run(cli("export", str(base_dir), str(base_hf), "--dtype", "fp32"), check=True)
         arm = data + [
             f"model.hf_checkpoint={base_hf}",
             f"train.num_steps={plan.steps}",

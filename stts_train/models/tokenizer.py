@@ -4,6 +4,11 @@ wheel (`dashscope/resources/qwen.tiktoken`), plus Qwen's chat tokens and Molmo2'
 tiktoken files hold only (token bytes, rank). A Hugging Face BPE also needs the merges; each
 token's merge is recovered by running BPE on its own bytes with the ranks below its own, which
 leaves exactly two parts. The built `tokenizer.json` is cached (default ~/.cache/stts-train).
+
+A checkpoint directory that ships its own `tokenizer.json` (every released Molmo2 does) is used
+as it is (`load_tokenizer` with `model.hf_checkpoint`); the offline rebuild is only the fallback
+for directories without one, and says so in the log. `save_tokenizer` writes the tokenizer files
+and chat template of a model's vocabulary next to an export, a vocabulary subset included.
 """
 
 from __future__ import annotations
@@ -11,10 +16,15 @@ from __future__ import annotations
 import base64
 import functools
 import importlib.util
+import json
+import logging
 import os
+import shutil
 from pathlib import Path
 
 from stts_train.errors import STTSError
+
+log = logging.getLogger(__name__)
 
 # Qwen2/2.5/3 split pattern (pre-tokenisation), applied before byte-level BPE.
 QWEN_PATTERN = (
@@ -273,11 +283,23 @@ def subset_overrides(path: str, base_ids: list[int], vocab_size: int, base=None)
 
 
 def load_tokenizer(model_cfg):
-    """The tokenizer a model config asks for: full Qwen, or the subset in `model.vocabulary`."""
-    import json
-
-    base = qwen_tokenizer()
+    """The tokenizer a model config asks for: the checkpoint's own `tokenizer.json` when
+    `model.hf_checkpoint` has one, else full Qwen, or the subset in `model.vocabulary`."""
     path = getattr(model_cfg, "vocabulary", "")
+    checkpoint = getattr(model_cfg, "hf_checkpoint", None)
+    if checkpoint and not path:
+        if (Path(checkpoint) / TOKENIZER_FILE).is_file():
+            tok = checkpoint_tokenizer(checkpoint)
+            check_token_ids(tok, model_cfg, f"{checkpoint}/{TOKENIZER_FILE}")
+            return tok
+        log.warning(
+            "model.hf_checkpoint=%s has no %s: using the offline Qwen rebuild "
+            "(stts_train/models/tokenizer.py); copy the checkpoint's tokenizer files there to "
+            "use its own",
+            checkpoint,
+            TOKENIZER_FILE,
+        )
+    base = qwen_tokenizer()
     if not path:
         return base
     base_ids = json.loads(Path(path).read_text())["base_ids"]
@@ -294,3 +316,168 @@ def load_tokenizer(model_cfg):
             f"<im_patch> = {tok.token_to_id('<im_patch>')} in {path}"
         )
     return tok
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer files of a checkpoint directory (read with model.hf_checkpoint, written by export)
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# Files a Hugging Face tokenizer may consist of; an export copies those its source has.
+TOKENIZER_FILES = (
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG,
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    CHAT_TEMPLATE_FILE,
+)
+# Our prompt layout (stts_train/data/template.py) as a chat template: visual placeholders first
+# (`<|video|>` / `<|image|>`, which transformers' Molmo2Processor expands), then the text parts.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}"
+    "{%- set visual = message['content'] | selectattr('type', 'in', ['video', 'image']) | list -%}"
+    "{%- for item in visual -%}"
+    "{{ '<|video|>' if item['type'] == 'video' else '<|image|>' }}"
+    "{%- endfor -%}"
+    "{%- for item in message['content'] | selectattr('type', 'equalto', 'text') -%}"
+    "{{ '\n' if visual or not loop.first }}{{ item['text'] }}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+def checkpoint_tokenizer(path: str | Path):
+    """The `tokenizers.Tokenizer` of a checkpoint directory's `tokenizer.json`."""
+    from tokenizers import Tokenizer
+
+    file = Path(path) / TOKENIZER_FILE
+    if not file.is_file():
+        raise STTSError(f"{path} has no {TOKENIZER_FILE}; pass a directory with tokenizer files")
+    return Tokenizer.from_file(str(file))
+
+
+def chat_template(path: str | Path) -> str | None:
+    """A checkpoint directory's chat template (chat_template.jinja, else tokenizer_config.json's
+    `chat_template`); None when it has neither."""
+    path = Path(path)
+    if (path / CHAT_TEMPLATE_FILE).is_file():
+        return (path / CHAT_TEMPLATE_FILE).read_text()
+    if (path / TOKENIZER_CONFIG).is_file():
+        template = json.loads((path / TOKENIZER_CONFIG).read_text()).get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        return template
+    return None
+
+
+def check_token_ids(tok, model_cfg, where: str) -> None:
+    """The model's special-token ids must be the tokenizer's ids of those tokens."""
+    wrong = []
+    for field, name in _TOKEN_NAMES.items():
+        want = getattr(model_cfg.tokens, field, None)
+        got = tok.token_to_id(name)
+        if want is not None and got is not None and got != want:
+            wrong.append(f"model.tokens.{field}={want} but {name} is {got}")
+    if wrong:
+        raise STTSError(
+            f"{where} does not match the model's token ids: {'; '.join(wrong)}; drop these "
+            "model.tokens keys or use the tokenizer the checkpoint was trained with"
+        )
+
+
+_TOKEN_NAMES = {
+    "image_start_id": "<im_start>",
+    "image_end_id": "<im_end>",
+    "image_patch_id": "<im_patch>",
+    "image_col_id": "<im_col>",
+    "low_res_image_start_id": "<low_res_im_start>",
+    "frame_start_id": "<frame_start>",
+    "frame_end_id": "<frame_end>",
+    "eos_id": "<|im_end|>",
+}
+
+
+def subset_tokenizer_json(base, base_ids: list[int]) -> str:
+    """A `tokenizer.json` equal to `SubsetTokenizer(base, base_ids)` on every text the subset
+    covers: token `base_ids[i]` gets id i; the BPE pieces its merges pass through (and the 256
+    byte symbols) get ids from len(base_ids) on, so they never reach a model whose vocabulary is
+    the subset. BPE picks the lowest-rank merge first, and every merge that builds a covered token
+    is kept, so each merge step is the one the full tokenizer takes."""
+    full = json.loads(base.to_str())
+    model = full["model"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    rank = {pair: i for i, pair in enumerate(merges)}
+    id_to_piece = {i: p for p, i in model["vocab"].items()}
+    added = {t["id"]: t for t in full["added_tokens"]}
+    vocab: dict[str, int] = {}
+    for i, b in enumerate(base_ids):  # special tokens too: so they keep their subset ids
+        vocab[id_to_piece[b] if b in id_to_piece else added[b]["content"]] = i
+    pieces: set[str] = set(_byte_to_unicode().values())
+    for b in base_ids:
+        if b in id_to_piece:
+            pieces.update(_bpe_pieces(id_to_piece[b], rank))
+    for next_id, piece in enumerate(sorted(pieces - set(vocab)), start=len(base_ids)):
+        vocab[piece] = next_id
+    model["vocab"] = vocab
+    model["merges"] = [[a, b] for a, b in merges if a in vocab and b in vocab and a + b in vocab]
+    full["added_tokens"] = [{**added[b], "id": i} for i, b in enumerate(base_ids) if b in added]
+    return json.dumps(full, ensure_ascii=False)
+
+
+def _bpe_pieces(piece: str, rank: dict[tuple[str, str], int]) -> list[str]:
+    """Every symbol byte-level BPE creates while encoding `piece` alone."""
+    parts, seen = list(piece), []
+    while len(parts) > 1:
+        ranked = [(rank[pair], i) for i, pair in enumerate(zip(parts, parts[1:])) if pair in rank]
+        if not ranked:
+            break
+        i = min(ranked)[1]
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        seen.append(parts[i])
+    return seen
+
+
+def save_tokenizer(model_cfg, out_dir: str | Path) -> list[str]:
+    """Write the tokenizer files and chat template of `model_cfg`'s vocabulary into `out_dir`
+    (copied from `model.hf_checkpoint` when it has them); returns the file names written."""
+    out_dir = Path(out_dir)
+    source = getattr(model_cfg, "hf_checkpoint", None)
+    vocabulary = getattr(model_cfg, "vocabulary", "")
+    if source and not vocabulary and (Path(source) / TOKENIZER_FILE).is_file():
+        written = []
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copyfile(Path(source) / name, out_dir / name)
+                written.append(name)
+        if chat_template(out_dir) is None:
+            (out_dir / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
+            written.append(CHAT_TEMPLATE_FILE)
+        return written
+    tok = load_tokenizer(model_cfg)
+    if isinstance(tok, SubsetTokenizer):
+        (out_dir / TOKENIZER_FILE).write_text(subset_tokenizer_json(tok.base, tok.base_ids))
+    else:
+        tok.save(str(out_dir / TOKENIZER_FILE))
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "model_max_length": 32768,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "image_token": "<|image|>",
+        "video_token": "<|video|>",
+        "extra_special_tokens": {"image_token": "<|image|>", "video_token": "<|video|>"},
+    }
+    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2))
+    (out_dir / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
+    return [TOKENIZER_FILE, TOKENIZER_CONFIG, CHAT_TEMPLATE_FILE]

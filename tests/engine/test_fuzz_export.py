@@ -67,7 +67,7 @@ def test_export_tp2_zero3_round_trips_through_transformers(tmp_path):
     for k, v in live.items():
         assert torch.equal(state[k], v), k
 
-    assert main(["export", str(run_dir), str(tmp_path / "hf")]) == 0
+    assert main(["export", str(run_dir), str(tmp_path / "hf"), "--dtype", "fp32"]) == 0
     hf = transformers.Molmo2ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     cfg = config_from_dict(cfg_dict).model
     cfg = dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, keep_ratio=1.0))

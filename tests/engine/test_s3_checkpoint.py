@@ -79,5 +79,5 @@ def test_s3_checkpoints_resume_exactly_and_export(tmp_path, moto_url, s3_bucket)
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "hf" / "config.json").is_file() and (
-        tmp_path / "hf" / "model.safetensors"
+        tmp_path / "hf" / "model.safetensors.index.json"
     ).is_file()
