@@ -52,8 +52,8 @@ TOY_MODEL_OVERRIDES = {
         "image_end_id": 68,
         "low_res_image_start_id": 69,
         "image_col_id": 70,
-        "pad_id": 71,
-        "eos_id": 72,
+        "pad_id": 62,
+        "eos_id": 63,
     },
 }
 
