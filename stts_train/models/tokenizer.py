@@ -264,17 +264,7 @@ def subset_overrides(path: str, base_ids: list[int], vocab_size: int, base=None)
     """Config overrides that point a model at a subset vocabulary file."""
     base = base or qwen_tokenizer()
     sub = SubsetTokenizer(base, base_ids)
-    names = {
-        "image_start_id": "<im_start>",
-        "image_end_id": "<im_end>",
-        "image_patch_id": "<im_patch>",
-        "image_col_id": "<im_col>",
-        "low_res_image_start_id": "<low_res_im_start>",
-        "frame_start_id": "<frame_start>",
-        "frame_end_id": "<frame_end>",
-        "pad_id": "<|endoftext|>",
-        "eos_id": "<|im_end|>",
-    }
+    names = {**_TOKEN_NAMES, "pad_id": "<|endoftext|>"}
     return [
         f"model.vocabulary={path}",
         f"model.llm.vocab_size={vocab_size}",
